@@ -1,0 +1,24 @@
+"""rescompiler: compile declarative residual-CNN specs to PyTorch and Keras models and sources.
+
+Importing this package imports neither torch nor tensorflow; backends load on first use.
+"""
+
+from .api import Spec, build, compile_spec, emit, load_spec, transfer_weights
+from .errors import Diagnostic, Location, SpecError
+from .summary import Summary, summarize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Diagnostic",
+    "Location",
+    "Spec",
+    "SpecError",
+    "Summary",
+    "build",
+    "compile_spec",
+    "emit",
+    "load_spec",
+    "summarize",
+    "transfer_weights",
+]

@@ -1,0 +1,136 @@
+"""The public API: load_spec, build, emit, compile_spec, transfer_weights, summarize."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Diagnostic, DiagnosticSink, Location, SpecError
+from .expand import Expander
+from .ir import Graph
+from .loader import LoadedDocument
+from .resolve import load_merged, resolve_env, validate
+from .schema import SpecModel
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A loaded, validated and expanded spec: the template model, resolved params, the IR."""
+
+    name: str
+    file: str
+    model: SpecModel
+    params: dict[str, Any]
+    env: dict[str, Any]
+    graph: Graph
+    overrides: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[Diagnostic, ...] = ()
+    document: LoadedDocument | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The (C, H, W) input shape the graph was inferred for."""
+        return self.graph.input_shape
+
+
+def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Spec:
+    """Load, validate, resolve and expand a spec file. Raises SpecError listing every problem.
+
+    ``overrides`` sets params (``{"num_classes": 10}``) or ``input_shape``.
+    """
+    path = Path(path)
+    doc = load_merged(path, str(path))
+    model = validate(doc)
+    sink = DiagnosticSink()
+    overrides = dict(overrides or {})
+    env, input_shape = resolve_env(model, doc, overrides, sink, Location(str(path)))
+    if input_shape is None or sink.errors:
+        sink.raise_if_errors()
+    assert input_shape is not None
+    expander = Expander(model, env, doc.locate, sink)
+    graph = expander.run(input_shape)
+    sink.raise_if_errors()
+    assert graph is not None
+    graph.check()
+    params = {k: env[k] for k in model.params}
+    return Spec(
+        name=model.name,
+        file=str(path),
+        model=model,
+        params=params,
+        env=env,
+        graph=graph,
+        overrides=overrides,
+        warnings=tuple(sink.warnings),
+        document=doc,
+    )
+
+
+def _as_spec(spec: Spec | str | os.PathLike[str]) -> Spec:
+    return spec if isinstance(spec, Spec) else load_spec(spec)
+
+
+def build(spec: Spec | str | os.PathLike[str], backend: str = "torch", **options: Any) -> Any:
+    """Build the model with a backend: a ``torch.nn.Module`` or a ``keras.Model``."""
+    from .registry import get_backend
+
+    return get_backend(backend).build(_as_spec(spec), **options)
+
+
+def emit(spec: Spec | str | os.PathLike[str], backend: str = "torch", **options: Any) -> str:
+    """Source of a standalone module for ``spec`` (depends only on the backend's framework)."""
+    from .registry import get_backend
+
+    return get_backend(backend).emit(_as_spec(spec), **options)
+
+
+def write_atomic(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` through a temporary file and a rename in the same folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def compile_spec(
+    path: str | os.PathLike[str],
+    backend: str = "torch",
+    out_dir: str | os.PathLike[str] = "generated",
+    overrides: dict[str, Any] | None = None,
+    **options: Any,
+) -> Path:
+    """Emit ``<out_dir>/<name>_<backend>.py`` atomically and return its path."""
+    spec = load_spec(path, overrides)
+    source = emit(spec, backend, **options)
+    target = Path(out_dir) / f"{spec.name}_{backend}.py"
+    write_atomic(target, source)
+    return target
+
+
+def transfer_weights(spec: Spec | str | os.PathLike[str], src_model: Any, dst_model: Any) -> None:
+    """Copy every parameter and BN statistic from ``src_model`` to ``dst_model`` (any backends)."""
+    from .registry import backend_of, get_backend
+
+    spec = _as_spec(spec)
+    src = get_backend(backend_of(src_model))
+    dst = get_backend(backend_of(dst_model))
+    dst.import_weights(spec, dst_model, src.export_weights(spec, src_model))
+
+
+__all__ = [
+    "Spec",
+    "SpecError",
+    "build",
+    "compile_spec",
+    "emit",
+    "load_spec",
+    "transfer_weights",
+]

@@ -1,0 +1,174 @@
+"""Evaluate a node's attributes: expressions → values, defaults filled in, forms normalised
+(pairs to (h, w), paddings to (top, bottom, left, right)), ranges checked."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .expr import ExprError, evaluate
+from .schema import INIT_NAMES, NodeBase, OpDefaults
+
+BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "conv": {"bias": True},
+    "conv_transpose": {"bias": True},
+    "linear": {"bias": True},
+    "bn": {"eps": 1e-5, "momentum": 0.1},
+}
+COMMON_FIELDS = set(NodeBase.model_fields) | {"op"}
+
+
+class AttrError(ValueError):
+    """An attribute value is invalid; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _int(value: Any, field: str, minimum: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AttrError(field, f"{field} must be an integer, got {value!r}")
+    if value < minimum:
+        bound = "positive" if minimum == 1 else "non-negative"
+        raise AttrError(field, f"{field} must be {bound}, got {value}")
+    return value
+
+
+def _pair(value: Any, field: str, minimum: int) -> tuple[int, int]:
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise AttrError(field, f"{field} takes one integer or two [h, w], got {len(value)}")
+        return _int(value[0], field, minimum), _int(value[1], field, minimum)
+    v = _int(value, field, minimum)
+    return v, v
+
+
+def _pad4(value: Any, field: str) -> tuple[int, int, int, int]:
+    if isinstance(value, list):
+        if len(value) == 2:
+            h, w = (_int(v, field, 0) for v in value)
+            return h, h, w, w
+        if len(value) == 4:
+            t, b, left, r = (_int(v, field, 0) for v in value)
+            return t, b, left, r
+        raise AttrError(field, f"{field} takes 1, 2 [h, w] or 4 [top, bottom, left, right] values")
+    v = _int(value, field, 0)
+    return v, v, v, v
+
+
+def _bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise AttrError(field, f"{field} must be true or false, got {value!r}")
+    return value
+
+
+def _float(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AttrError(field, f"{field} must be a number, got {value!r}")
+    return float(value)
+
+
+def _conv_padding(raw: Any, attrs: dict[str, Any], env: Mapping[str, Any]) -> tuple[int, ...]:
+    if raw in ("same", "valid"):
+        if raw == "valid":
+            return 0, 0, 0, 0
+        if attrs["stride"] != (1, 1):
+            raise AttrError(
+                "padding", "padding 'same' needs stride 1; give explicit padding (TF pads asymmetrically)"
+            )
+        pads = []
+        for k, d in zip(attrs["kernel"], attrs["dilation"], strict=True):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return pads[0], pads[1], pads[2], pads[3]
+    return _pad4(evaluate(raw, env), "padding")
+
+
+FieldRule = Callable[[Any, str], Any]
+RULES: dict[str, FieldRule] = {
+    "out": lambda v, f: _int(v, f, 1),
+    "groups": lambda v, f: _int(v, f, 1),
+    "kernel": lambda v, f: _pair(v, f, 1),
+    "stride": lambda v, f: _pair(v, f, 1),
+    "dilation": lambda v, f: _pair(v, f, 1),
+    "output_padding": lambda v, f: _pair(v, f, 0),
+    "bias": _bool,
+    "affine": _bool,
+    "count_include_pad": _bool,
+    "keepdims": _bool,
+    "align_corners": _bool,
+    "eps": _float,
+    "momentum": _float,
+    "slope": _float,
+    "p": _float,
+    "scale": lambda v, f: _int(v, f, 1),
+    "before": lambda v, f: _int(v, f, 0),
+    "after": lambda v, f: _int(v, f, 0),
+    "crop": _pad4,
+    "mode": lambda v, f: v,
+}
+PAIR_PADDING_OPS = {"maxpool", "avgpool", "conv_transpose"}
+
+
+def _init(raw: Any, env: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for tensor in ("weight", "bias"):
+        value = getattr(raw, tensor, None) if raw is not None else None
+        if value is None:
+            continue
+        if value not in INIT_NAMES:
+            init_env = {**env, **{name: name for name in INIT_NAMES}}
+            try:
+                value = evaluate(value, init_env)
+            except ExprError as exc:
+                raise AttrError("init", f"init.{tensor}: {exc}") from None
+            if value not in INIT_NAMES:
+                raise AttrError("init", f"init.{tensor}: unknown initialiser {value!r}")
+        out[tensor] = value
+    return out
+
+
+def resolve_attrs(
+    node: NodeBase, env: Mapping[str, Any], defaults: Mapping[str, OpDefaults]
+) -> dict[str, Any]:
+    """The node's op attributes as plain values. Raises AttrError (with the field) or ExprError."""
+    op = node.op  # type: ignore[attr-defined]
+    spec_defaults = defaults.get(op)
+    raw: dict[str, Any] = {}
+    for field in type(node).model_fields:
+        if field in COMMON_FIELDS or field == "init":
+            continue
+        value = getattr(node, field)
+        if value is None and spec_defaults is not None:
+            value = getattr(spec_defaults, field, None)
+        if value is None:
+            value = BUILTIN_DEFAULTS.get(op, {}).get(field)
+        raw[field] = value
+    attrs: dict[str, Any] = {}
+    for field, value in raw.items():
+        if field == "padding":
+            continue
+        if field == "stride" and value is None:  # pools: stride defaults to the kernel
+            attrs[field] = attrs["kernel"]
+            continue
+        try:
+            evaluated = evaluate(value, env) if field != "mode" else value
+        except ExprError as exc:
+            raise AttrError(field, f"{field}: {exc}") from None
+        attrs[field] = RULES[field](evaluated, field)
+    if "padding" in raw:
+        try:
+            if op in PAIR_PADDING_OPS:
+                attrs["padding"] = _pair(evaluate(raw["padding"], env), "padding", 0)
+            else:
+                attrs["padding"] = _conv_padding(raw["padding"], attrs, env)
+        except ExprError as exc:
+            raise AttrError("padding", f"padding: {exc}") from None
+    if op in ("conv", "conv_transpose", "bn", "linear"):
+        init = _init(spec_defaults.init if spec_defaults else None, env)
+        init.update(_init(getattr(node, "init", None), env))
+        attrs["init"] = init
+    return attrs

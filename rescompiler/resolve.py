@@ -1,0 +1,188 @@
+"""Resolve a spec file: follow ``extends`` (deep merge, child wins), validate with pydantic
+(every error mapped back to file:line:col and spec path), apply param overrides, evaluate
+``let`` values and the input shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import Diagnostic, DiagnosticSink, Location, SpecError, format_path
+from .expr import ExprError, evaluate, suggest
+from .loader import LoadedDocument, PathKey, load_document
+from .schema import NODE_TAGS, OP_NAMES, BlockTemplate, SpecModel
+
+MAX_EXTENDS_DEPTH = 16
+
+
+def _merge(
+    base: Any, child: Any, base_pos: dict[PathKey, Location], child_pos: dict[PathKey, Location], path: PathKey
+) -> Any:
+    """Deep-merge mappings (child wins); lists and scalars are replaced whole."""
+    if isinstance(base, dict) and isinstance(child, dict):
+        out = dict(base)
+        for key, value in child.items():
+            sub = (*path, key)
+            if key in base:
+                out[key] = _merge(base[key], value, base_pos, child_pos, sub)
+            else:
+                out[key] = value
+        return out
+    for key in [k for k in base_pos if k[: len(path)] == path]:
+        del base_pos[key]
+    return child
+
+
+def load_merged(path: Path, display: str | None = None, chain: tuple[Path, ...] = ()) -> LoadedDocument:
+    """Load ``path`` and, recursively, the spec it ``extends``; return the merged document."""
+    doc = load_document(path, display)
+    parent = doc.data.get("extends")
+    if parent is None:
+        return doc
+    where = doc.locate(("extends",))
+    if not isinstance(parent, str):
+        raise SpecError.single(where, "extends", "extends must be a file path")
+    resolved = (path.parent / parent).resolve()
+    if resolved in chain or resolved == path.resolve():
+        cycle = " -> ".join(p.name for p in (*chain, path.resolve(), resolved))
+        raise SpecError.single(where, "extends", f"extends cycle: {cycle}")
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise SpecError.single(where, "extends", f"extends chain longer than {MAX_EXTENDS_DEPTH}")
+    if not resolved.is_file():
+        raise SpecError.single(where, "extends", f"base spec {parent!r} not found (looked in {path.parent})")
+    base_display = str(Path(doc.file).parent / parent)
+    base = load_merged(resolved, base_display, (*chain, path.resolve()))
+    positions = dict(base.positions)
+    child_data = {k: v for k, v in doc.data.items() if k != "extends"}
+    merged = _merge(base.data, child_data, positions, doc.positions, ())
+    positions.update(doc.positions)
+    merged["extends"] = parent
+    return LoadedDocument(doc.file, merged, positions)
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[PathKey, str | None]:
+    """Strip pydantic's union tags from an error location; also return the last union tag."""
+    path: list[str | int] = []
+    current = data
+    tag = None
+    for part in loc:
+        if isinstance(part, int) and isinstance(current, list) and 0 <= part < len(current):
+            path.append(part)
+            current = current[part]
+        elif isinstance(part, str) and isinstance(current, dict) and part in current:
+            path.append(part)
+            current = current[part]
+        elif isinstance(part, str) and part in NODE_TAGS:
+            tag = part
+        elif isinstance(part, str) and isinstance(current, dict) and not path_is_type(part):
+            path.append(part)  # a missing or unknown key
+            current = None
+    return tuple(path), tag
+
+
+def path_is_type(part: str) -> bool:
+    """Whether a pydantic location part names a union member type (``int``, ``list[...]``)."""
+    return part in {"int", "str", "bool", "float", "none"} or "[" in part or part.startswith(
+        "function"
+    )
+
+
+def _fields_for(path: PathKey, tag: str | None) -> list[str]:
+    if tag is not None:
+        return list(NODE_TAGS[tag].model_fields)
+    if len(path) == 1:
+        return list(SpecModel.model_fields)
+    if len(path) == 3 and path[0] == "blocks":
+        return list(BlockTemplate.model_fields)
+    return []
+
+
+def validation_diagnostics(exc: ValidationError, doc: LoadedDocument) -> list[Diagnostic]:
+    """Translate pydantic errors into positioned one-line diagnostics, one per spec path."""
+    by_path: dict[PathKey, Diagnostic] = {}
+    for err in exc.errors(include_url=False):
+        path, tag = _data_path(err["loc"], doc.data)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(path[-1])
+            message = f"unknown key {key!r}{suggest(key, _fields_for(path[:-1], tag))}"
+        elif kind == "missing":
+            message = f"missing required key {path[-1]!r}"
+        elif kind == "union_tag_invalid":
+            op = err["ctx"]["tag"]
+            message = f"unknown op {op!r}{suggest(op, OP_NAMES)}"
+            path = (*path, "op")
+        elif kind == "union_tag_not_found":
+            message = "a node needs 'op' (e.g. op: conv), 'block' or 'group'"
+        elif kind == "string_pattern_mismatch":
+            message = f"{err['input']!r} is not a valid name (letters, digits and _, not starting with a digit)"
+        elif kind == "literal_error" and path and path[-1] == "version":
+            message = f"unsupported spec version {err['input']!r}: this rescompiler reads version 1"
+        else:
+            message = err["msg"]
+            if "input" in err and not isinstance(err["input"], dict | list):
+                message += f", got {err['input']!r}"
+        if path in by_path:
+            continue
+        by_path[path] = Diagnostic(doc.locate(path), format_path(path), message)
+    return list(by_path.values())
+
+
+def validate(doc: LoadedDocument) -> SpecModel:
+    """Validate merged data with pydantic; raise SpecError listing every problem."""
+    try:
+        return SpecModel.model_validate(doc.data)
+    except ValidationError as exc:
+        diagnostics = validation_diagnostics(exc, doc)
+        raise SpecError(sorted(diagnostics, key=lambda d: (d.location.line, d.location.column))) from None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
+
+
+def resolve_env(
+    spec: SpecModel, doc: LoadedDocument, overrides: dict[str, Any], sink: DiagnosticSink, origin: Location
+) -> tuple[dict[str, Any], tuple[int, ...] | None]:
+    """Params after overrides, plus ``let`` values; and the evaluated input shape."""
+    params = dict(spec.params)
+    raw_shape: Any = spec.input_shape
+    for key, value in overrides.items():
+        if key == "input_shape":
+            raw_shape = value
+            continue
+        if key not in params:
+            sink.error(origin, f"overrides.{key}", f"unknown param {key!r}{suggest(key, [*params, 'input_shape'])}")
+            continue
+        default = params[key]
+        if default is not None and _kind(default) != _kind(value):
+            sink.error(origin, f"overrides.{key}", f"{key} must be {_kind(default)} like its default {default!r}, got {value!r}")
+            continue
+        params[key] = value
+    env = dict(params)
+    for key, value in spec.let.items():
+        try:
+            env[key] = evaluate(value, env)
+        except ExprError as exc:
+            sink.error(doc.locate(("let", key)), f"let.{key}", str(exc))
+    shape: tuple[int, ...] | None = None
+    try:
+        values = evaluate(raw_shape, env)
+        if not isinstance(values, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+        ) or len(values) not in (1, 3):
+            raise ExprError(f"input_shape must be [C, H, W] of positive integers, got {values!r}")
+        shape = tuple(values)
+    except ExprError as exc:
+        sink.error(doc.locate(("input_shape",)), "input_shape", str(exc))
+    return env, shape

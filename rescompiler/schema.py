@@ -1,0 +1,354 @@
+"""The spec format as pydantic v2 models: one model per op, discriminated by ``op``.
+
+Numeric fields take a literal or an expression string (``"planes * 4"``); booleans likewise
+(``"stride != 1"``). Names are identifiers. ``rescompile schema`` prints the JSON Schema.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+
+SPEC_VERSION = 1
+
+Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+NameTemplate = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_{}()+\-*/% ]+$", max_length=128)]
+IntExpr = Annotated[int | str, Field(union_mode="left_to_right")]
+BoolExpr = Annotated[bool | str, Field(union_mode="left_to_right")]
+FloatExpr = Annotated[float | int | str, Field(union_mode="left_to_right")]
+Pair = IntExpr | list[IntExpr]
+Padding = IntExpr | list[IntExpr]
+InitName = Literal[
+    "torch_default",
+    "kaiming_normal_fan_out",
+    "kaiming_normal_fan_in",
+    "kaiming_uniform_fan_in",
+    "glorot_uniform",
+    "glorot_normal",
+    "zeros",
+    "ones",
+]
+INIT_NAMES: tuple[str, ...] = InitName.__args__  # type: ignore[attr-defined]
+
+
+class Strict(BaseModel):
+    """Base of every spec model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeBase(Strict):
+    """Fields every node has."""
+
+    name: Ident | None = Field(None, description="node name; the torch attribute name")
+    inputs: Ident | list[Ident] | None = Field(
+        None, description="producer node(s); default: the previous node (or the block input)"
+    )
+    when: BoolExpr | None = Field(
+        None, description="build this node only when true; otherwise it passes its input on"
+    )
+    otherwise: Ident | None = Field(
+        None, description="when `when` is false, use this node's output instead of the input"
+    )
+    names: dict[Ident, NameTemplate] = Field(
+        default_factory=dict, description="backend-specific names, e.g. {keras: 1_conv}"
+    )
+    doc: str = ""
+
+
+class InitFields(Strict):
+    """Initialisers of one op's tensors; each value names an initialiser or is an expression."""
+
+    weight: str | None = None
+    bias: str | None = None
+
+
+class Conv(NodeBase):
+    """2-D convolution (NCHW semantics; padding explicit, ``valid``, or ``same`` at stride 1)."""
+
+    op: Literal["conv"]
+    out: IntExpr
+    kernel: Pair
+    stride: Pair = 1
+    padding: Padding = 0
+    dilation: Pair = 1
+    groups: IntExpr = 1
+    bias: BoolExpr | None = None
+    init: InitFields | None = None
+
+
+class ConvTranspose(NodeBase):
+    """2-D transposed convolution."""
+
+    op: Literal["conv_transpose"]
+    out: IntExpr
+    kernel: Pair
+    stride: Pair = 1
+    padding: Pair = 0
+    output_padding: Pair = 0
+    dilation: Pair = 1
+    groups: IntExpr = 1
+    bias: BoolExpr | None = None
+    init: InitFields | None = None
+
+
+class BatchNorm(NodeBase):
+    """Batch normalisation over channels. ``momentum`` in torch's convention."""
+
+    op: Literal["bn"]
+    eps: FloatExpr | None = None
+    momentum: FloatExpr | None = None
+    affine: BoolExpr = True
+    init: InitFields | None = None
+
+
+class Linear(NodeBase):
+    """Fully connected layer on a flat vector."""
+
+    op: Literal["linear"]
+    out: IntExpr
+    bias: BoolExpr | None = None
+    init: InitFields | None = None
+
+
+class Activation(NodeBase):
+    """Element-wise activation or a shape-only op without parameters."""
+
+    op: Literal[
+        "relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "identity", "flatten", "softmax"
+    ]
+
+
+class LeakyReLU(NodeBase):
+    """Leaky ReLU."""
+
+    op: Literal["leaky_relu"]
+    slope: FloatExpr = 0.01
+
+
+class MaxPool(NodeBase):
+    """Max pooling; padding pads with -inf (torch semantics). Put a zeropad first for zeros."""
+
+    op: Literal["maxpool"]
+    kernel: Pair
+    stride: Pair | None = None
+    padding: Pair = 0
+
+
+class AvgPool(NodeBase):
+    """Average pooling; ``count_include_pad`` as in torch."""
+
+    op: Literal["avgpool"]
+    kernel: Pair
+    stride: Pair | None = None
+    padding: Pair = 0
+    count_include_pad: BoolExpr = True
+
+
+class GlobalPool(NodeBase):
+    """Global average/max pool; output C×1×1 (keepdims) or a C-vector."""
+
+    op: Literal["global_avgpool", "global_maxpool"]
+    keepdims: BoolExpr = True
+
+
+class Dropout(NodeBase):
+    """Dropout (identity in eval mode)."""
+
+    op: Literal["dropout"]
+    p: FloatExpr = 0.5
+
+
+class ZeroPad(NodeBase):
+    """Zero padding: int, [h, w] or [top, bottom, left, right]."""
+
+    op: Literal["zeropad"]
+    padding: Padding
+
+
+class Crop(NodeBase):
+    """Crop [top, bottom, left, right] pixels."""
+
+    op: Literal["crop"]
+    crop: Padding
+
+
+class MatchSize(NodeBase):
+    """Centre-crop or zero-pad the first input to the spatial size of the second."""
+
+    op: Literal["crop_to", "pad_to"]
+
+
+class Subsample(NodeBase):
+    """Strided subsample ``x[:, :, ::s, ::s]`` (CIFAR option-A shortcut)."""
+
+    op: Literal["subsample"]
+    stride: IntExpr
+
+
+class ChannelPad(NodeBase):
+    """Zero channels added before and after (CIFAR option-A shortcut)."""
+
+    op: Literal["channel_pad"]
+    before: IntExpr
+    after: IntExpr
+
+
+class Upsample(NodeBase):
+    """Upsampling by an integer factor: nearest, or bilinear with ``align_corners``."""
+
+    op: Literal["upsample"]
+    scale: IntExpr = 2
+    mode: Literal["nearest", "bilinear"] = "nearest"
+    align_corners: BoolExpr = False
+
+
+class Merge(NodeBase):
+    """``add`` (equal shapes) or ``concat`` (channel axis, equal spatial size) of 2+ inputs."""
+
+    op: Literal["add", "concat"]
+
+
+class BlockCall(NodeBase):
+    """Use a block template; with ``repeat`` it is a stage of blocks chained one after another."""
+
+    block: Ident
+    args: dict[Ident, Any] = Field(
+        default_factory=dict, description="block params; may use i (position) and n (count)"
+    )
+    repeat: IntExpr | None = None
+    child_name: NameTemplate = Field("{i}", description="name of the i-th block of a stage")
+
+
+class Group(NodeBase):
+    """A named sequential container (torch ``nn.Sequential``); children named 0, 1, ... by default."""
+
+    group: Ident
+    body: list[Node]
+
+
+def _node_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "block" in value:
+            return "<block>"
+        if "group" in value:
+            return "<group>"
+        return value.get("op") if isinstance(value.get("op"), str) else None
+    for tag, cls in NODE_TAGS.items():
+        if isinstance(value, cls):
+            return tag
+    return None
+
+
+OP_MODELS: tuple[type[NodeBase], ...] = (
+    Conv,
+    ConvTranspose,
+    BatchNorm,
+    Linear,
+    Activation,
+    LeakyReLU,
+    MaxPool,
+    AvgPool,
+    GlobalPool,
+    Dropout,
+    ZeroPad,
+    Crop,
+    MatchSize,
+    Subsample,
+    ChannelPad,
+    Upsample,
+    Merge,
+)
+NODE_TAGS: dict[str, type[NodeBase]] = {"<block>": BlockCall, "<group>": Group}
+for _model in OP_MODELS:
+    for _op in _model.model_fields["op"].annotation.__args__:  # type: ignore[union-attr]
+        NODE_TAGS[_op] = _model
+OP_NAMES: tuple[str, ...] = tuple(t for t in NODE_TAGS if not t.startswith("<"))
+
+Node = Annotated[
+    Annotated[Conv, Tag("conv")]
+    | Annotated[ConvTranspose, Tag("conv_transpose")]
+    | Annotated[BatchNorm, Tag("bn")]
+    | Annotated[Linear, Tag("linear")]
+    | Annotated[Activation, Tag("relu")]
+    | Annotated[Activation, Tag("relu6")]
+    | Annotated[Activation, Tag("sigmoid")]
+    | Annotated[Activation, Tag("tanh")]
+    | Annotated[Activation, Tag("gelu")]
+    | Annotated[Activation, Tag("silu")]
+    | Annotated[Activation, Tag("identity")]
+    | Annotated[Activation, Tag("flatten")]
+    | Annotated[Activation, Tag("softmax")]
+    | Annotated[LeakyReLU, Tag("leaky_relu")]
+    | Annotated[MaxPool, Tag("maxpool")]
+    | Annotated[AvgPool, Tag("avgpool")]
+    | Annotated[GlobalPool, Tag("global_avgpool")]
+    | Annotated[GlobalPool, Tag("global_maxpool")]
+    | Annotated[Dropout, Tag("dropout")]
+    | Annotated[ZeroPad, Tag("zeropad")]
+    | Annotated[Crop, Tag("crop")]
+    | Annotated[MatchSize, Tag("crop_to")]
+    | Annotated[MatchSize, Tag("pad_to")]
+    | Annotated[Subsample, Tag("subsample")]
+    | Annotated[ChannelPad, Tag("channel_pad")]
+    | Annotated[Upsample, Tag("upsample")]
+    | Annotated[Merge, Tag("add")]
+    | Annotated[Merge, Tag("concat")]
+    | Annotated[BlockCall, Tag("<block>")]
+    | Annotated[Group, Tag("<group>")],
+    Discriminator(_node_tag),
+]
+Group.model_rebuild()
+
+
+class BlockTemplate(Strict):
+    """A parametrised sub-graph. Its body sees its params, its ``let`` values, the model's
+    params and ``in_channels`` (channels of its first input)."""
+
+    doc: str = ""
+    inputs: list[Ident] = Field(default_factory=lambda: ["input"])
+    params: dict[Ident, Any] = Field(
+        default_factory=dict, description="param defaults; null marks a required param"
+    )
+    let: dict[Ident, Any] = Field(default_factory=dict, description="derived values, in order")
+    body: list[Node] = Field(min_length=1)
+    output: Ident | None = Field(None, description="output node; default: the last node")
+
+
+class OpDefaults(Strict):
+    """Defaults for op attributes, applied where a node leaves them out."""
+
+    bias: BoolExpr | None = None
+    eps: FloatExpr | None = None
+    momentum: FloatExpr | None = None
+    init: InitFields | None = None
+
+
+class SpecModel(Strict):
+    """A whole spec file after ``extends`` has been merged."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"title": "rescompiler spec"}
+    )
+
+    version: Literal[1] = Field(description="spec format version")
+    name: Ident
+    description: str = ""
+    reference: str = Field("", description="the published model this spec reproduces")
+    extends: str | None = Field(None, description="path of a base spec, relative to this file")
+    input_shape: list[IntExpr] = Field(min_length=1, max_length=3, description="C, H, W")
+    params: dict[Ident, Any] = Field(default_factory=dict, description="overridable params")
+    let: dict[Ident, Any] = Field(default_factory=dict, description="derived values, in order")
+    defaults: dict[
+        Literal["conv", "conv_transpose", "bn", "linear"], OpDefaults
+    ] = Field(default_factory=dict)
+    blocks: dict[Ident, BlockTemplate] = Field(default_factory=dict)
+    body: list[Node] = Field(min_length=1)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the spec format (what ``rescompile schema`` prints)."""
+    schema = SpecModel.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
