@@ -106,7 +106,18 @@ class Expander:
         for node in self.nodes:
             if node.id not in live and node.id not in self.conditional:
                 self.sink.warning(node.location, node.spec_path, f"{node.id} does not reach the output")
-        return [n for n in self.nodes if n.id in live]
+        nodes = [n for n in self.nodes if n.id in live]
+        seen: dict[str, str] = {}
+        for node in nodes:
+            for backend, name in node.names.items():
+                other = seen.setdefault(f"{backend}:{name}", node.id)
+                if other != node.id:
+                    self.sink.error(
+                        node.location,
+                        node.spec_path,
+                        f"{backend} name {name!r} of {node.id} is already used by {other}",
+                    )
+        return nodes
 
     # -- bodies ------------------------------------------------------------------------
     def expand_body(
@@ -250,7 +261,7 @@ class Expander:
         if len(self.nodes) >= MAX_NODES:
             self._cap(path, f"model exceeds the cap of {MAX_NODES:,} layers", "RESCOMPILER_MAX_NODES")
         names = self._render_names(node, path, scope.env)
-        names["keras"] = scope.keras_name(names["keras"]) if "keras" in names else node_id.replace(".", "_")
+        names["keras"] = scope.keras_name(names.get("keras", local))
         self.nodes.append(
             IRNode(
                 id=node_id,
@@ -282,7 +293,7 @@ class Expander:
         """A named sequential container; children are named by position unless named."""
         group_id = scope.child_id(node.group)
         names = self._render_names(node, path, scope.env)
-        keras = scope.keras_name(names["keras"]) if "keras" in names else scope.keras_prefix
+        keras = scope.keras_name(names["keras"]) if "keras" in names else group_id.replace(".", "_")
         self.containers[group_id] = Container(
             group_id, "group", None, {}, names, self.locate(path), format_path(path)
         )

@@ -142,8 +142,8 @@ def _match_size(op: str) -> Callable[[dict[str, Any], Sequence[Shape]], OpResult
 
 def _subsample(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     c, h, w = _feature_map(shapes, "subsample")
-    s = a["stride"]
-    return OpResult((c, (h - 1) // s + 1, (w - 1) // s + 1))
+    sh, sw = a["stride"]
+    return OpResult((c, (h - 1) // sh + 1, (w - 1) // sw + 1))
 
 
 def _channel_pad(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
