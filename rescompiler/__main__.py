@@ -1,0 +1,5 @@
+"""``python -m rescompiler`` runs the CLI."""
+
+from .cli import main
+
+main()
