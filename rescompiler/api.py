@@ -12,6 +12,7 @@ from .errors import Diagnostic, DiagnosticSink, Location, SpecError
 from .expand import Expander
 from .ir import Graph
 from .loader import LoadedDocument
+from .names import check_names
 from .resolve import load_merged, resolve_env, validate
 from .schema import SpecModel
 
@@ -46,8 +47,9 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
     model = validate(doc)
     sink = DiagnosticSink()
     overrides = dict(overrides or {})
+    check_names(model, doc.locate, sink)
     env, input_shape = resolve_env(model, doc, overrides, sink, Location(str(path)))
-    if input_shape is None or sink.errors:
+    if input_shape is None:
         sink.raise_if_errors()
     assert input_shape is not None
     expander = Expander(model, env, doc.locate, sink)

@@ -46,6 +46,7 @@ class Scope:
     locals: dict[str, str | None] = field(default_factory=dict)
     is_group: bool = False
     used_names: set[str] = field(default_factory=set)
+    declared: set[str] = field(default_factory=set)
 
     def child_id(self, local: str) -> str:
         return f"{self.prefix}.{local}" if self.prefix else local
@@ -125,6 +126,7 @@ class Expander:
     ) -> str | None:
         """Expand a list of nodes; returns the id of the last output (None after an error)."""
         previous: list[str | None] = first
+        scope.declared.update(n.name for n in body if getattr(n, "name", None))
         for index, node in enumerate(body):
             node_path = (*path, index)
             previous = [self.expand_node(node, node_path, scope, previous, index)]
@@ -142,7 +144,7 @@ class Expander:
         refs: list[str | None] = []
         for name in names:
             if name not in scope.locals:
-                later = name in scope.used_names
+                later = name in scope.declared
                 message = (
                     f"{name!r} is defined later; a node may only use earlier nodes (no cycles)"
                     if later
@@ -207,7 +209,7 @@ class Expander:
         try:
             value = evaluate(node.when, scope.env)
         except ExprError as exc:
-            self.error((*path, "when"), f"when: {exc}")
+            self.error((*path, "when"), f"when: {exc}", key="attr:when")
             return True
         if not isinstance(value, bool):
             self.error((*path, "when"), f"when must be true or false, got {value!r}")
@@ -320,7 +322,7 @@ class Expander:
         try:
             count = evaluate(node.repeat, scope.env)
         except ExprError as exc:
-            self.error((*path, "repeat"), f"repeat: {exc}")
+            self.error((*path, "repeat"), f"repeat: {exc}", key="attr:repeat")
             return None
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             self.error((*path, "repeat"), f"repeat must be a positive integer, got {count!r}")
@@ -357,18 +359,21 @@ class Expander:
     ) -> dict[str, Any] | None:
         args = {}
         ok = True
+        misspelt: set[str] = set()
         for key, value in node.args.items():
             if key not in template.params:
-                self.error((*path, "args", key), f"block {node.block!r} has no param {key!r}{suggest(key, template.params)}")
+                hint = suggest(key, template.params)
+                misspelt.update(p for p in template.params if hint.endswith(f"{p!r}?)"))
+                self.error((*path, "args", key), f"block {node.block!r} has no param {key!r}{hint}")
                 ok = False
                 continue
             try:
                 args[key] = evaluate(value, env)
             except ExprError as exc:
-                self.error((*path, "args", key), f"{key}: {exc}")
+                self.error((*path, "args", key), f"{key}: {exc}", key=f"attr:{key}")
                 ok = False
         for key, default in template.params.items():
-            if default is None and key not in node.args:
+            if default is None and key not in node.args and key not in misspelt:
                 self.error((*path, "args"), f"block {node.block!r} needs param {key!r}")
                 ok = False
         return args if ok else None
@@ -401,7 +406,7 @@ class Expander:
             try:
                 env[key] = evaluate(value, env)
             except ExprError as exc:
-                self.error((*tpath, "let", key), f"{key}: {exc}", where=block_id)
+                self.error((*tpath, "let", key), f"{key}: {exc}", key=f"attr:{key}", where=block_id)
                 return None
         self.containers[block_id] = Container(
             block_id, "block", node.block, args, names, self.locate(path), format_path(path)

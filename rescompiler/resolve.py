@@ -174,7 +174,7 @@ def resolve_env(
         try:
             env[key] = evaluate(value, env)
         except ExprError as exc:
-            sink.error(doc.locate(("let", key)), f"let.{key}", str(exc))
+            sink.error(doc.locate(("let", key)), f"let.{key}", f"{key}: {exc}", f"attr:{key}")
     shape: tuple[int, ...] | None = None
     try:
         values = evaluate(raw_shape, env)
@@ -184,5 +184,7 @@ def resolve_env(
             raise ExprError(f"input_shape must be [C, H, W] of positive integers, got {values!r}")
         shape = tuple(values)
     except ExprError as exc:
-        sink.error(doc.locate(("input_shape",)), "input_shape", str(exc))
+        sink.error(
+            doc.locate(("input_shape",)), "input_shape", f"input_shape: {exc}", "attr:input_shape"
+        )
     return env, shape
