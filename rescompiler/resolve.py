@@ -117,7 +117,9 @@ def validation_diagnostics(exc: ValidationError, doc: LoadedDocument) -> list[Di
         elif kind == "union_tag_not_found":
             message = "a node needs 'op' (e.g. op: conv), 'block' or 'group'"
         elif kind == "string_pattern_mismatch":
-            message = f"{err['input']!r} is not a valid name (letters, digits and _, not starting with a digit)"
+            message = f"{err['input']!r} is not a valid name (letters, digits and _, starting with a letter)"
+        elif kind == "value_error":
+            message = str(err["ctx"]["error"])
         elif kind == "literal_error" and path and path[-1] == "version":
             message = f"unsupported spec version {err['input']!r}: this rescompiler reads version 1"
         else:

@@ -6,13 +6,34 @@ Numeric fields take a literal or an expression string (``"planes * 4"``); boolea
 
 from __future__ import annotations
 
+import keyword
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+)
 
 SPEC_VERSION = 1
+RESERVED = frozenset(keyword.kwlist) | {"self", "super", "print", "eval", "exec", "object"}
 
-Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+
+def _not_reserved(name: str) -> str:
+    if name in RESERVED:
+        raise ValueError(f"{name!r} is a reserved word and cannot be a name")
+    return name
+
+
+Ident = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=64),
+    AfterValidator(_not_reserved),
+]
 NameTemplate = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_{}()+\-*/% ]+$", max_length=128)]
 IntExpr = Annotated[int | str, Field(union_mode="left_to_right")]
 BoolExpr = Annotated[bool | str, Field(union_mode="left_to_right")]

@@ -1,0 +1,575 @@
+"""Emit a standalone PyTorch module from a spec: one ``nn.Module`` class per block template
+with an explicit ``forward``, stages built in loops, the spec's expressions kept as Python so
+``build(**params)`` honours every overridable param. The output depends on torch only."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from rescompiler.codegen import Namespace, camel, fstring, global_names, literal, py, used_blocks
+from rescompiler.errors import SpecError
+from rescompiler.ir import IRNode
+from rescompiler.pyformat import Call, layout
+from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase
+
+TEMPLATES = Path(__file__).parent / "templates"
+ACTIVATIONS = {
+    "relu": "nn.ReLU",
+    "relu6": "nn.ReLU6",
+    "sigmoid": "nn.Sigmoid",
+    "tanh": "nn.Tanh",
+    "gelu": "nn.GELU",
+    "silu": "nn.SiLU",
+    "identity": "nn.Identity",
+    "flatten": "nn.Flatten",
+}
+HELPERS = ("Crop", "CropTo", "PadTo", "Subsample", "ChannelPad", "GlobalPool")
+TORCH_DEFAULT_INIT = {("bn", "weight"): "ones", ("bn", "bias"): "zeros"}
+BUILTIN_DEFAULTS = {"bias": True, "eps": 1e-5, "momentum": 0.1}
+MODULE_ATTRIBUTES = {"training", "forward", "out_channels", "T_destination", "dump_patches"}
+
+
+def _pair(value: Any) -> str:
+    return py(tuple(value)) if isinstance(value, list) else py(value)
+
+
+@dataclass
+class Scope:
+    """Code being generated for one class: its ``__init__`` and ``forward`` lines."""
+
+    spec: Any
+    instances: dict[str, list[IRNode]]
+    globals_of: dict[str, list[str]]
+    class_of: dict[str, str]
+    helpers: set[str]
+    init: list[str] = field(default_factory=list)
+    forward: list[str] = field(default_factory=list)
+    init_ns: Namespace = field(default_factory=Namespace)
+    var_ns: Namespace = field(default_factory=Namespace)
+
+
+class BodyEmitter:
+    """Walks a body of nodes, mirroring the expander's naming, and writes Python lines."""
+
+    def __init__(self, scope: Scope, path: str, owner: str = "self", in_group: bool = False) -> None:
+        self.s = scope
+        self.path = path
+        self.owner = owner
+        self.in_group = in_group
+        self.channels: dict[str, str] = {}
+        self.vars: dict[str, str] = {}
+        self.taken: set[str] = set()
+
+    # -- helpers -----------------------------------------------------------------------
+    def fail(self, index: int, message: str) -> SpecError:
+        from rescompiler.errors import Location
+
+        return SpecError.single(Location(self.s.spec.file), f"{self.path}[{index}]", message)
+
+    def default(self, node: NodeBase, name: str) -> Any:
+        value = getattr(node, name, None)
+        if value is None:
+            defaults = self.s.spec.model.defaults.get(node.op)  # type: ignore[attr-defined]
+            value = getattr(defaults, name, None) if defaults else None
+        return BUILTIN_DEFAULTS.get(name) if value is None else value
+
+    def attr_ref(self, local: str) -> str:
+        if self.owner == "self":
+            return f"self.{local}"
+        return f"{self.owner}[{local}]" if local.isdigit() else f"{self.owner}.{local}"
+
+    def assign(self, indent: int, local: str, value: Call | str) -> list[str]:
+        if self.owner == "self":
+            return layout(indent, f"self.{local} = ", value)
+        return layout(indent, "", Call(f"{self.owner}.add_module", (repr(local), value)))
+
+    def local_name(self, node: Any, index: int) -> str:
+        if isinstance(node, Group):
+            return node.group
+        if node.name:
+            return node.name
+        if self.in_group:
+            return str(index)
+        default = node.block if isinstance(node, BlockCall) else node.op
+        name, k = default, 1
+        while name in self.taken:
+            name, k = f"{default}_{k}", k + 1
+        return name
+
+    def new_var(self, local: str) -> str:
+        return self.s.var_ns.create(local if not local.isdigit() else f"out{local}")
+
+    # -- module constructors -----------------------------------------------------------
+    def constructor(self, node: NodeBase, index: int, cin: str) -> tuple[Call | str, str]:
+        """(constructor call, output-channel expression) of an op node."""
+        op = node.op  # type: ignore[attr-defined]
+        if op in ("conv", "conv_transpose"):
+            cls = "nn.Conv2d" if op == "conv" else "nn.ConvTranspose2d"
+            out = py(node.out)  # type: ignore[attr-defined]
+            args: list[str] = [cin, out, f"kernel_size={_pair(node.kernel)}"]  # type: ignore[attr-defined]
+            for name, neutral in (("stride", 1), ("padding", 0), ("output_padding", 0), ("dilation", 1), ("groups", 1)):
+                value = getattr(node, name, neutral)
+                if value != neutral:
+                    if name == "padding" and op == "conv":
+                        value = self.conv_padding(node, index)
+                        if value is None:
+                            continue
+                        args.append(f"padding={value}")
+                    else:
+                        args.append(f"{name}={_pair(value)}")
+            if self.default(node, "bias") is not True:
+                args.append(f"bias={py(self.default(node, 'bias'))}")
+            return Call(cls, tuple(args)), out if re.fullmatch(r"[\w.]+", out) else f"({out})"
+        if op == "bn":
+            rank = {len(n.shape) for n in self.s.instances.get(f"{self.path}[{index}]", [])}
+            cls = "nn.BatchNorm1d" if rank == {1} else "nn.BatchNorm2d"
+            args = [cin]
+            if self.default(node, "eps") != 1e-5:
+                args.append(f"eps={py(self.default(node, 'eps'))}")
+            if self.default(node, "momentum") != 0.1:
+                args.append(f"momentum={py(self.default(node, 'momentum'))}")
+            if node.affine is not True:  # type: ignore[attr-defined]
+                args.append(f"affine={py(node.affine)}")  # type: ignore[attr-defined]
+            return Call(cls, tuple(args)), cin
+        if op == "linear":
+            out = py(node.out)  # type: ignore[attr-defined]
+            args = [cin, out]
+            if self.default(node, "bias") is not True:
+                args.append(f"bias={py(self.default(node, 'bias'))}")
+            return Call("nn.Linear", tuple(args)), out
+        if op in ACTIVATIONS:
+            return f"{ACTIVATIONS[op]}()", cin
+        if op == "leaky_relu":
+            return Call("nn.LeakyReLU", (py(node.slope),)), cin  # type: ignore[attr-defined]
+        if op == "softmax":
+            return "nn.Softmax(dim=1)", cin
+        if op == "dropout":
+            return Call("nn.Dropout", (py(node.p),)), cin  # type: ignore[attr-defined]
+        if op in ("maxpool", "avgpool"):
+            cls = "nn.MaxPool2d" if op == "maxpool" else "nn.AvgPool2d"
+            args = [_pair(node.kernel)]  # type: ignore[attr-defined]
+            stride = node.stride if node.stride is not None else node.kernel  # type: ignore[attr-defined]
+            args.append(f"stride={_pair(stride)}")
+            if node.padding != 0:  # type: ignore[attr-defined]
+                args.append(f"padding={_pair(node.padding)}")  # type: ignore[attr-defined]
+            if op == "avgpool" and node.count_include_pad is not True:  # type: ignore[attr-defined]
+                args.append(f"count_include_pad={py(node.count_include_pad)}")  # type: ignore[attr-defined]
+            return Call(cls, tuple(args)), cin
+        if op in ("global_avgpool", "global_maxpool"):
+            kind = "avg" if op == "global_avgpool" else "max"
+            if node.keepdims is True and kind == "avg":  # type: ignore[attr-defined]
+                return "nn.AdaptiveAvgPool2d(1)", cin
+            self.s.helpers.add("GlobalPool")
+            return Call("GlobalPool", (repr(kind), f"keepdims={py(node.keepdims)}")), cin  # type: ignore[attr-defined]
+        if op == "zeropad":
+            t, b, left, r = self.pad4(node.padding)  # type: ignore[attr-defined]
+            return Call("nn.ZeroPad2d", (f"({left}, {r}, {t}, {b})",)), cin
+        if op == "crop":
+            self.s.helpers.add("Crop")
+            return Call("Crop", self.pad4(node.crop)), cin  # type: ignore[attr-defined]
+        if op in ("crop_to", "pad_to"):
+            helper = "CropTo" if op == "crop_to" else "PadTo"
+            self.s.helpers.add(helper)
+            return f"{helper}()", cin
+        if op == "subsample":
+            self.s.helpers.add("Subsample")
+            return Call("Subsample", (_pair(node.stride),)), cin  # type: ignore[attr-defined]
+        if op == "channel_pad":
+            self.s.helpers.add("ChannelPad")
+            before, after = py(node.before), py(node.after)  # type: ignore[attr-defined]
+            return Call("ChannelPad", (before, after)), f"({cin} + {before} + {after})"
+        if op == "upsample":
+            args = [f"scale_factor={py(node.scale)}", f"mode={node.mode!r}"]  # type: ignore[attr-defined]
+            if node.mode == "bilinear":  # type: ignore[attr-defined]
+                args.append(f"align_corners={py(node.align_corners)}")  # type: ignore[attr-defined]
+            return Call("nn.Upsample", tuple(args)), cin
+        raise self.fail(index, f"op {op!r} has no torch translation")
+
+    def pad4(self, value: Any) -> tuple[str, str, str, str]:
+        if isinstance(value, list) and len(value) == 4:
+            return tuple(py(v) for v in value)  # type: ignore[return-value]
+        if isinstance(value, list) and len(value) == 2:
+            h, w = py(value[0]), py(value[1])
+            return h, h, w, w
+        v = py(value)
+        return v, v, v, v
+
+    def conv_padding(self, node: NodeBase, index: int) -> str | None:
+        value = node.padding  # type: ignore[attr-defined]
+        if value == "valid":
+            return None
+        if value == "same":
+            return "'same'"
+        if isinstance(value, list) and len(value) == 4:
+            t, b, left, r = value
+            if t != b or left != r:
+                raise self.fail(index, "asymmetric conv padding: put a zeropad node before the conv")
+            return _pair([t, left])
+        return _pair(value)
+
+    def init_lines(self, indent: int, node: NodeBase, ref: str) -> list[str]:
+        op = node.op  # type: ignore[attr-defined]
+        if op not in ("conv", "conv_transpose", "bn", "linear"):
+            return []
+        defaults = self.s.spec.model.defaults.get(op)
+        lines = []
+        for tensor in ("weight", "bias"):
+            own = getattr(node.init, tensor, None) if node.init else None  # type: ignore[attr-defined]
+            value = own if own is not None else getattr(getattr(defaults, "init", None), tensor, None)
+            if value is None or value == "torch_default" or TORCH_DEFAULT_INIT.get((op, tensor)) == value:
+                continue
+            if tensor == "bias" and op != "bn" and self.default(node, "bias") is False:
+                continue
+            if tensor == "bias" and op == "bn" and getattr(node, "affine", True) is False:
+                continue
+            if value in INIT_NAMES:
+                how = json.dumps(value)
+            else:
+                how = py(value, lambda n: repr(n) if n in INIT_NAMES else n)
+            lines += layout(indent, "", Call(f"INITIALISERS[{how}]", (f"{ref}.{tensor}",)))
+        return lines
+
+    # -- bodies ------------------------------------------------------------------------
+    def emit(self, body: list[Any], inputs: dict[str, tuple[str, str]], first: str, output: str | None = None) -> str:
+        """Emit ``body``; ``inputs`` maps visible names to (var, channels). Returns output name."""
+        for name, (var, chan) in inputs.items():
+            self.vars[name], self.channels[name] = var, chan
+            self.taken.add(name)
+        plan = self.plan(body, first)
+        out_local = output or (plan[-1][1] if plan else first)
+        self.last_use = {out_local: len(body)}
+        for index, (_node, _local, names, alt) in enumerate(plan):
+            for name in [*names, alt]:
+                if self.last_use.get(name, -1) < index:
+                    self.last_use[name] = index
+        by_var: dict[str, list[str]] = {}
+        for name, (var, _c) in inputs.items():
+            by_var.setdefault(var, []).append(name)
+        for aliases in by_var.values():
+            last = max(self.last_use.get(a, -1) for a in aliases)
+            for alias in aliases:
+                self.last_use[alias] = last
+        self.live = {var: aliases[0] for var, aliases in by_var.items() if var}
+        self.next_uses = {plan[k][1]: k for k in range(len(plan))}
+        previous = first
+        for index, (node, local, names, alt) in enumerate(plan):
+            self.taken.add(local)
+            self.emit_node(node, index, local, names, alt)
+            previous = local
+        return out_local if output else previous
+
+    def plan(self, body: list[Any], first: str) -> list[tuple[Any, str, list[str], str]]:
+        """(node, local name, input names, name used when skipped) for each node, in order."""
+        taken = set(self.taken)
+        plan = []
+        previous = first
+        for index, node in enumerate(body):
+            saved, self.taken = self.taken, taken
+            local = self.local_name(node, index)
+            self.taken = saved
+            taken.add(local)
+            if node.inputs is None:
+                names = [previous]
+            else:
+                names = [node.inputs] if isinstance(node.inputs, str) else list(node.inputs)
+            alt = node.otherwise if node.otherwise is not None else names[0]
+            plan.append((node, local, names, alt))
+            previous = local
+        return plan
+
+    def choose_var(self, index: int, local: str, names: list[str], conditional: bool) -> tuple[str, bool]:
+        """Output variable of node ``index``: reuse the first input's when it dies here."""
+        first = names[0]
+        first_var = self.vars.get(first, "")
+        dies = self.last_use.get(first, -1) <= index and first_var and names.count(first) >= 1
+        for name in set(names):
+            if self.last_use.get(name, -1) <= index:
+                self.live.pop(self.vars.get(name, ""), None)
+        if dies and first_var and first_var not in self.live:
+            self.live[first_var] = local
+            return first_var, True
+        preferred = "out" if index + 1 == self.last_use.get(local, -1) or local.isdigit() else local
+        if preferred in self.live or preferred not in ("out",):
+            preferred = self.s.var_ns.create(local if not local.isdigit() else f"out{local}")
+        else:
+            self.s.var_ns.reserve(preferred)
+        self.live[preferred] = local
+        return preferred, False
+
+    def emit_node(self, node: Any, index: int, local: str, names: list[str], alt: str) -> None:
+        in_vars = [self.vars[n] for n in names]
+        cin = self.channels[names[0]]
+        cond = py(node.when) if node.when is not None else None
+        op = getattr(node, "op", None)
+        if op in ("add", "concat"):
+            if cond is not None or self.owner != "self":
+                raise self.fail(index, f"{op} inside a group or with 'when' is not supported by torch")
+            var, _ = self.choose_var(index, local, names, False)
+            if op == "add":
+                self.s.forward.append(f"        {var} = {' + '.join(in_vars)}")
+                self.channels[local] = cin
+            else:
+                self.s.forward += layout(8, f"{var} = ", Call("torch.cat", (f"[{', '.join(in_vars)}]", "1")))
+                self.channels[local] = "(" + " + ".join(self.channels[n] for n in names) + ")"
+            self.vars[local] = var
+            return
+        if self.owner != "self":
+            self.emit_group_child(node, index, local, names, cin, cond)
+            return
+        indent = 8
+        if cond is not None:
+            self.s.init.append(f"        if {cond}:")
+            indent = 12
+        out_chan = self.emit_module(node, index, local, indent, cin, names)
+        if cond is not None:
+            self.s.init += ["        else:", f"            self.{local} = None"]
+            out_chan = f"({out_chan} if self.{local} is not None else {self.channels[alt]})"
+        call = self.call_source(node, local, in_vars)
+        alt_var = self.vars[alt]
+        var, reused = self.choose_var(index, local, names if cond is None else [alt, *names], cond is not None)
+        if cond is not None:
+            if not (reused and var == alt_var):
+                self.s.forward.append(f"        {var} = {alt_var}")
+            self.s.forward.append(f"        if self.{local} is not None:")
+            self.s.forward += layout(12, f"{var} = ", call)
+        else:
+            self.s.forward += layout(8, f"{var} = ", call)
+        self.vars[local], self.channels[local] = var, out_chan
+
+    def call_source(self, node: Any, local: str, in_vars: list[str]) -> Call | str:
+        if isinstance(node, BlockCall) and node.repeat is not None and len(in_vars) > 1:
+            raise SpecError.single(
+                self.s.spec.graph.nodes[0].location, self.path, "stages of multi-input blocks are not supported by the torch backend"
+            )
+        return Call(f"self.{local}", tuple(in_vars))
+
+    def emit_module(self, node: Any, index: int, local: str, indent: int, cin: str, names: list[str]) -> str:
+        """Create ``self.<local>`` (a module, block, stage or group); returns its channels."""
+        if local in MODULE_ATTRIBUTES:
+            raise self.fail(index, f"name {local!r} clashes with an nn.Module attribute")
+        if isinstance(node, BlockCall):
+            return self.emit_block_call(node, index, local, indent, names)
+        if isinstance(node, Group):
+            return self.emit_group(node, index, local, indent, cin)
+        ctor, out = self.constructor(node, index, cin)
+        self.s.init += self.assign(indent, local, ctor)
+        self.s.init += self.init_lines(indent, node, self.attr_ref(local))
+        return out
+
+    def block_args(self, node: BlockCall, names: list[str]) -> list[str]:
+        template: BlockTemplate = self.s.spec.model.blocks[node.block]
+        args = [self.channels[n] for n in names]
+        for key in template.params:
+            if key in node.args:
+                args.append(f"{key}={py(node.args[key])}")
+        args += [f"{g}={g}" for g in self.s.globals_of[node.block]]
+        return args
+
+    def emit_block_call(self, node: BlockCall, index: int, local: str, indent: int, names: list[str]) -> str:
+        cls = self.s.class_of[node.block]
+        pad = " " * indent
+        if node.repeat is None:
+            self.s.init += self.assign(indent, local, Call(cls, tuple(self.block_args(node, names))))
+            return f"{self.attr_ref(local)}.out_channels"
+        stage = self.attr_ref(local)
+        chan = self.s.init_ns.create(f"{local}_channels")
+        self.s.init += self.assign(indent, local, "nn.Sequential()")
+        self.s.init.append(f"{pad}{chan} = {self.channels[names[0]]}")
+        self.s.init.append(f"{pad}n = {py(node.repeat)}")
+        self.s.init.append(f"{pad}for i in range(n):")
+        saved = self.channels[names[0]]
+        self.channels[names[0]] = chan
+        args = self.block_args(node, names)
+        self.channels[names[0]] = saved
+        self.s.init += layout(indent + 4, "block = ", Call(cls, tuple(args)))
+        self.s.init.append(f"{pad}    {stage}.add_module({fstring(node.child_name)}, block)")
+        self.s.init.append(f"{pad}    {chan} = block.out_channels")
+        return chan
+
+    def emit_group(self, node: Group, index: int, local: str, indent: int, cin: str) -> str:
+        ref = self.attr_ref(local)
+        if all(
+            isinstance(child, NodeBase)
+            and not isinstance(child, BlockCall | Group)
+            and child.name is None
+            and child.when is None
+            and child.op not in ("add", "concat")  # type: ignore[attr-defined]
+            for child in node.body
+        ):
+            ctors, inits, chan = [], [], cin
+            for k, child in enumerate(node.body):
+                ctor, chan = self.constructor(child, k, chan)
+                ctors.append(ctor)
+                inits += self.init_lines(indent, child, f"{ref}[{k}]")
+            self.s.init += self.assign(indent, local, Call("nn.Sequential", tuple(ctors), explode=True))
+            self.s.init += inits
+            return chan
+        self.s.init += self.assign(indent, local, "nn.Sequential()")
+        inner = BodyEmitter(self.s, f"{self.path}[{index}].body", ref, in_group=True)
+        inner.indent = indent  # type: ignore[attr-defined]
+        out = inner.emit(node.body, {"__in": ("", cin)}, "__in")
+        return inner.channels[out]
+
+    def emit_group_child(
+        self, node: Any, index: int, local: str, names: list[str], cin: str, cond: str | None
+    ) -> str:
+        indent = getattr(self, "indent", 8)
+        if cond is not None:
+            self.s.init.append(" " * indent + f"if {cond}:")
+            out = self.emit_module(node, index, local, indent + 4, cin, names)
+            out = f"({out} if {cond} else {cin})"
+        else:
+            out = self.emit_module(node, index, local, indent, cin, names)
+        self.channels[local] = out
+        self.vars[local] = ""
+        return local
+
+
+def emit_class(spec: Any, scope: Scope, name: str, template: BlockTemplate) -> dict[str, Any]:
+    """Source parts of one block class."""
+    emitter = BodyEmitter(scope, f"blocks.{name}.body")
+    input_vars = {}
+    signature = []
+    for k, input_name in enumerate(template.inputs):
+        var = scope.var_ns.create("x" if input_name == "input" and k == 0 else input_name)
+        chan = "in_channels" if k == 0 else scope.init_ns.create(f"{input_name}_channels")
+        input_vars[input_name] = (var, chan)
+        signature.append(chan)
+    if "input" not in input_vars:
+        input_vars["input"] = input_vars[template.inputs[0]]
+    params = [f"{chan}: int" for chan in signature]
+    for key, default in template.params.items():
+        if default is None:
+            params.append(f"{key}: Any")
+        else:
+            value = py(default) if not isinstance(default, list) else literal(default)
+            params.append(f"{key}: {annotation(default)} = {value}")
+    globals_ = [f"{g}: {annotation(spec.params.get(g))}" for g in scope.globals_of[name]]
+    lets = [f"        {key} = {py(value)}" for key, value in template.let.items()]
+    scope.init += lets
+    out = emitter.emit(template.body, input_vars, template.inputs[0], template.output)
+    return {
+        "name": scope.class_of[name],
+        "doc": _docstring(template.doc or f"Block template {name!r}."),
+        "template": name,
+        "signature": layout(
+            4, "def ", Call("__init__", ("self", *params, *(["*"] if globals_ else []), *globals_)), " -> None:"
+        ),
+        "init": scope.init,
+        "out_channels": emitter.channels[out],
+        "forward_signature": layout(
+            4,
+            "def ",
+            Call("forward", ("self", *(f"{input_vars[i][0]}: torch.Tensor" for i in template.inputs))),
+            " -> torch.Tensor:",
+        ),
+        "forward": scope.forward,
+        "result": emitter.vars[out],
+    }
+
+
+def emit_source(spec: Any) -> str:
+    """The generated module's source for ``spec`` (a loaded rescompiler Spec)."""
+    model = spec.model
+    instances: dict[str, list[IRNode]] = {}
+    for node in spec.graph.nodes:
+        instances.setdefault(node.spec_path, []).append(node)
+    globals_of = global_names(model, INIT_NAMES)
+    classes_ns = Namespace({"INITIALISERS", "build", "torch", "nn", "F", "DEFAULTS", *HELPERS})
+    order = used_blocks(model)
+    class_of = {name: classes_ns.create(camel(name)) for name in order}
+    model_class = classes_ns.create(camel(model.name))
+    helpers: set[str] = set()
+    blocks = []
+    for name in order:
+        scope = Scope(spec, instances, globals_of, class_of, helpers)
+        scope.var_ns.reserve("self")
+        blocks.append(emit_class(spec, scope, name, model.blocks[name]))
+    scope = Scope(spec, instances, globals_of, class_of, helpers)
+    emitter = BodyEmitter(scope, "body")
+    scope.init.append("        in_channels = input_shape[0]")
+    scope.init += [f"        {key} = {py(value)}" for key, value in model.let.items()]
+    x = scope.var_ns.create("x")
+    out = emitter.emit(model.body, {"input": (x, "in_channels")}, "input")
+    params = [f"{key}: {annotation(value)} = {literal(value)}" for key, value in spec.params.items()]
+    params.append(f"input_shape: Sequence[int] = {literal(spec.graph.input_shape)}")
+    header = f"{model.name}: {_docstring(model.description or model.name)}\n\n"
+    if model.reference:
+        header += f"Reference: {_docstring(model.reference)}.\n\n"
+    source = _docstring(Path(spec.file).as_posix())
+    header += (
+        f"Generated by rescompiler from {source}; do not edit. Regenerate with "
+        f"``rescompile {source} --backend torch``. Depends only on torch."
+    )
+    return ENVIRONMENT.get_template("module.py.jinja").render(
+        header=header,
+        spec_name=model.name,
+        description=_docstring(model.description or model.name),
+        reference=_docstring(model.reference),
+        source=_docstring(Path(spec.file).as_posix()),
+        helpers=sorted(helpers),
+        blocks=blocks,
+        model={
+            "name": model_class,
+            "signature": layout(4, "def ", Call("__init__", ("self", *params)), " -> None:"),
+            "init": scope.init,
+            "forward": scope.forward,
+            "result": emitter.vars[out],
+            "uses_stage_runner": False,
+        },
+        defaults=[(json.dumps(k), literal(v)) for k, v in spec.params.items()],
+        input_shape=literal(spec.graph.input_shape),
+        needs_init=any("INITIALISERS[" in line for b in [*blocks, {"init": scope.init}] for line in b["init"]),
+    )
+
+
+def annotation(value: Any) -> str:
+    """Type annotation for a param judged by its default value."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list | tuple):
+        return "Sequence[int]" if all(isinstance(v, int) for v in value) else "Sequence[Any]"
+    return "Any"
+
+
+def docstring(text: str, indent: int = 4) -> str:
+    """A docstring literal at ``indent`` that stays within the line length."""
+    pad = " " * indent
+    width = 100 - indent - 6
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        lines += textwrap.wrap(paragraph, width) or [""]
+    if len(lines) == 1 and len(lines[0]) <= width:
+        return f'"""{lines[0]}"""'
+    body = "\n".join(pad + line if line else "" for line in lines[1:])
+    return f'"""{lines[0]}\n{body}\n{pad}"""'
+
+
+ENVIRONMENT = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+)
+ENVIRONMENT.filters["docstring"] = docstring
+
+
+def _docstring(text: str) -> str:
+    """Make text safe inside a triple-quoted docstring."""
+    cleaned = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in text)
+    return cleaned.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').strip()

@@ -1,0 +1,193 @@
+"""Framework-free helpers shared by the emitters: one identifier policy, expression and
+name-template translation, and the free names of block templates."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import keyword
+import re
+import tokenize
+from collections.abc import Iterable
+from typing import Any
+
+from .expr import parse_expr, template_parts
+from .schema import BlockCall, BlockTemplate, Group, NodeBase, SpecModel
+
+NOT_EXPRESSIONS = {"name", "inputs", "otherwise", "doc", "op", "block", "group", "mode", "names"}
+KEYWORDS = {"same", "valid"}
+
+
+class Namespace:
+    """Hands out unique, valid Python identifiers that never shadow keywords or builtins."""
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self._used: set[str] = set(reserved)
+
+    def create(self, candidate: str) -> str:
+        """A fresh identifier based on ``candidate`` (sanitised, suffixed when taken)."""
+        base = re.sub(r"\W", "_", candidate) or "v"
+        if base[0].isdigit():
+            base = f"v{base}"
+        if keyword.iskeyword(base) or hasattr(builtins, base):
+            base = f"{base}_"
+        name, k = base, 1
+        while name in self._used:
+            name, k = f"{base}_{k}", k + 1
+        self._used.add(name)
+        return name
+
+    def reserve(self, name: str) -> None:
+        """Mark ``name`` as taken."""
+        self._used.add(name)
+
+
+def camel(name: str) -> str:
+    """``dense_layer`` → ``DenseLayer``; ``resnet50v2`` → ``Resnet50v2``."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Block"
+
+
+def double_quotes(source: str) -> str:
+    """Rewrite simple single-quoted string literals in one-line ``source`` with double quotes."""
+    chars = list(source)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        text = token.string
+        if token.type != tokenize.STRING or '"' in text or "\\" in text or token.start[0] != 1:
+            continue
+        first = token.start[1] + (1 if text.startswith("f") else 0)
+        last = token.end[1] - 1
+        if chars[first] == "'" and chars[last] == "'" and last > first:
+            chars[first] = chars[last] = '"'
+    return "".join(chars)
+
+
+def literal(value: Any) -> str:
+    """Source of a literal (str, number, bool, None, list/tuple of them), double-quoted."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        items = ", ".join(literal(v) for v in value)
+        return f"({items}{',' if len(value) == 1 else ''})"
+    return repr(value)
+
+
+def py(value: Any, rename: Any = None) -> str:
+    """Python source of a spec value: literals as ``repr``, strings as translated expressions."""
+    if isinstance(value, str):
+        expr = parse_expr(value)
+        return double_quotes(expr.to_python(rename) if rename else expr.to_python())
+    if isinstance(value, list):
+        return "[" + ", ".join(py(v, rename) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(py(v, rename) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
+
+
+def fstring(template: str) -> str:
+    """A name template (``denselayer{i + 1}``) as Python source: a literal or an f-string."""
+    parts = template_parts(template)
+    if all(isinstance(p, str) for p in parts):
+        return repr(template)
+    body = "".join(
+        p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{" + p.to_python() + "}"
+        for p in parts
+    )
+    return double_quotes("f" + repr(body))
+
+
+def value_names(value: Any) -> set[str]:
+    """Names read by a literal/expression/list value."""
+    if isinstance(value, str):
+        if value in KEYWORDS:
+            return set()
+        return set(parse_expr(value).names)
+    if isinstance(value, list):
+        return set().union(*(value_names(v) for v in value)) if value else set()
+    if isinstance(value, NodeBase):
+        return set()
+    return set()
+
+
+def node_names(node: NodeBase) -> set[str]:
+    """Names read by one node's expressions (not its children)."""
+    names: set[str] = set()
+    if node.when is not None:
+        names |= value_names(node.when)
+    if isinstance(node, BlockCall):
+        if node.repeat is not None:
+            names |= value_names(node.repeat)
+        for value in node.args.values():
+            names |= value_names(value)
+        return names - {"i", "n"}
+    if isinstance(node, Group):
+        return names
+    for field in type(node).model_fields:
+        if field in NOT_EXPRESSIONS or field == "when":
+            continue
+        value = getattr(node, field)
+        if field == "init":
+            if value is not None:
+                for raw in (value.weight, value.bias):
+                    if raw is not None:
+                        names |= value_names(raw)
+            continue
+        names |= value_names(value)
+    return names
+
+
+def walk(body: Iterable[Any]) -> Iterable[Any]:
+    """Every node of a body, groups' children included."""
+    for node in body:
+        yield node
+        if isinstance(node, Group):
+            yield from walk(node.body)
+
+
+def global_names(spec: SpecModel, init_names: Iterable[str] = ()) -> dict[str, list[str]]:
+    """For each block template, the model-level names (params, lets) it reads, transitively
+    through the blocks it uses, sorted. Emitted blocks take them as keyword arguments."""
+    model_names = set(spec.params) | set(spec.let)
+    ignore = set(init_names)
+    direct: dict[str, set[str]] = {}
+    calls: dict[str, set[str]] = {}
+    for name, template in spec.blocks.items():
+        local = set(template.params) | set(template.let) | {"in_channels"}
+        used: set[str] = set()
+        for value in [*template.params.values(), *template.let.values()]:
+            used |= value_names(value)
+        for node in walk(template.body):
+            used |= node_names(node)
+        direct[name] = (used - local - ignore) & model_names
+        calls[name] = {n.block for n in walk(template.body) if isinstance(n, BlockCall)}
+    result: dict[str, list[str]] = {}
+    for name in spec.blocks:
+        seen, stack, names = {name}, [name], set()
+        while stack:
+            current = stack.pop()
+            names |= direct.get(current, set())
+            for callee in calls.get(current, ()):
+                if callee not in seen and callee in spec.blocks:
+                    seen.add(callee)
+                    stack.append(callee)
+        result[name] = sorted(names)
+    return result
+
+
+def used_blocks(spec: SpecModel) -> list[str]:
+    """Block templates reachable from the model body, callees before callers."""
+    order: list[str] = []
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        if name in order or name in stack or name not in spec.blocks:
+            return
+        template: BlockTemplate = spec.blocks[name]
+        for node in walk(template.body):
+            if isinstance(node, BlockCall):
+                visit(node.block, (*stack, name))
+        order.append(name)
+
+    for node in walk(spec.body):
+        if isinstance(node, BlockCall):
+            visit(node.block, ())
+    return order
