@@ -1,0 +1,80 @@
+"""The spec library and its reference figures (DESIGN.md), shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+
+# name -> (count as the reference counts it, whether that count includes BN statistics)
+REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
+    "resnet18": (11_689_512, False),
+    "resnet34": (21_797_672, False),
+    "resnet50": (25_557_032, False),
+    "resnet101": (44_549_160, False),
+    "resnet152": (60_192_808, False),
+    "resnext50_32x4d": (25_028_904, False),
+    "wide_resnet50_2": (68_883_240, False),
+    "densenet121": (7_978_856, False),
+    "densenet161": (28_681_000, False),
+    "densenet169": (14_149_480, False),
+    "densenet201": (20_013_928, False),
+    "resnet50v2": (25_613_800, True),
+    "resnet101v2": (44_675_560, True),
+    "resnet152v2": (60_380_648, True),
+    "resnet50v1": (25_636_712, True),
+    "resnet101v1": (44_707_176, True),
+    "resnet152v1": (60_419_944, True),
+    "d2l_resnet18": (11_178_378, False),
+    "d2l_densenet": (758_226, False),
+    "cifar_residual_net": (5_027_210, False),
+    "cifar_resnet20": (269_722, False),
+    "cifar_resnet56": (853_018, False),
+    "cifar_resnet110": (1_727_962, False),
+    "preact_resnet164": (1_703_258, False),
+    "preact_resnet1001": (10_327_706, False),
+    "unet": (31_037_698, False),
+    "unet_original": (31_030_658, False),
+}
+TORCHVISION = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+]
+# small inputs that keep the suite fast but still exercise every layer
+SMALL_INPUT: dict[str, list[int]] = {
+    "d2l_resnet18": [1, 64, 64],
+    "d2l_densenet": [1, 64, 64],
+    "cifar_residual_net": [3, 32, 32],
+    "cifar_resnet20": [3, 32, 32],
+    "cifar_resnet56": [3, 32, 32],
+    "cifar_resnet110": [3, 32, 32],
+    "preact_resnet164": [3, 32, 32],
+    "preact_resnet1001": [3, 32, 32],
+    "unet": [3, 64, 64],
+    "unet_original": [1, 188, 188],
+}
+
+
+def spec_path(name: str) -> Path:
+    """Path of a library spec."""
+    return SPECS / f"{name}.yaml"
+
+
+def library() -> list[str]:
+    """Every spec in the library (DESIGN.md's table)."""
+    return list(REFERENCE_PARAMS)
+
+
+def small_input(name: str) -> list[int]:
+    """A small C×H×W input for equivalence tests of ``name``."""
+    return SMALL_INPUT.get(name, [3, 64, 64])
