@@ -74,6 +74,7 @@ class Expander:
         self.containers: dict[str, Container] = {}
         self.params = 0
         self.conditional: set[str] = set()
+        self.stack: list[str] = []
 
     # -- diagnostics -------------------------------------------------------------------
     def error(self, path: PathKey, message: str, key: str | None = None, where: str = "") -> None:
@@ -295,7 +296,7 @@ class Expander:
         """A named sequential container; children are named by position unless named."""
         group_id = scope.child_id(node.group)
         names = self._render_names(node, path, scope.env)
-        keras = scope.keras_name(names["keras"]) if "keras" in names else group_id.replace(".", "_")
+        keras = scope.keras_name(names.get("keras", node.group))
         self.containers[group_id] = Container(
             group_id, "group", None, {}, names, self.locate(path), format_path(path)
         )
@@ -317,7 +318,7 @@ class Expander:
             if args is None:
                 return None
             names = self._render_names(node, path, env)
-            keras = scope.keras_name(names["keras"]) if "keras" in names else call_id.replace(".", "_")
+            keras = scope.keras_name(names.get("keras", local))
             return self.instantiate(node, template, path, args, refs, call_id, keras, scope, names)
         try:
             count = evaluate(node.repeat, scope.env)
@@ -345,7 +346,7 @@ class Expander:
                 return None
             names = self._render_names(node, path, env)
             child_id = f"{call_id}.{child}"
-            keras = scope.keras_name(names["keras"]) if "keras" in names else child_id.replace(".", "_")
+            keras = scope.keras_name(names.get("keras", f"{local}_{child}"))
             if args is None:
                 return None
             out = self.instantiate(node, template, path, args, current, child_id, keras, stage_scope, names)
@@ -392,6 +393,10 @@ class Expander:
     ) -> str | None:
         """Expand one block instance with evaluated args; returns its output id."""
         tpath: PathKey = ("blocks", node.block)
+        if node.block in self.stack:
+            chain = " -> ".join([*self.stack, node.block])
+            self.error((*path, "block"), f"block {node.block!r} uses itself ({chain})")
+            return None
         if len(refs) != len(template.inputs):
             self.error((*path, "inputs"), f"block {node.block!r} takes {len(template.inputs)} input(s) {template.inputs}, got {len(refs)}")
             return None
@@ -415,7 +420,11 @@ class Expander:
         local.setdefault(INPUT, refs[0])
         inner = Scope(block_id, keras_prefix, (*scope.containers, block_id), env, local)
         inner.used_names.update(local)
-        out = self.expand_body(template.body, (*tpath, "body"), inner, [refs[0]])
+        self.stack.append(node.block)
+        try:
+            out = self.expand_body(template.body, (*tpath, "body"), inner, [refs[0]])
+        finally:
+            self.stack.pop()
         if template.output is not None:
             if template.output not in inner.locals:
                 self.error((*tpath, "output"), f"unknown node {template.output!r}{suggest(template.output, inner.locals)}")

@@ -277,3 +277,11 @@ def test_caps_stop_huge_specs_before_allocation(write_spec: Writer) -> None:
     wide = HEADER + "params: {w: 1000000000000}\nbody:\n  - {op: conv, out: w, kernel: 3}\n"
     err = errors_of(write_spec(wide))
     assert "cap" in err.message
+
+
+def test_recursive_blocks_are_rejected(write_spec: Writer) -> None:
+    text = HEADER + (
+        "blocks:\n  a:\n    body: [{block: b}]\n  b:\n    body: [{block: a}]\nbody:\n  - {block: a}\n"
+    )
+    err = errors_of(write_spec(text))
+    assert "uses itself (a -> b -> a)" in err.message
