@@ -124,7 +124,7 @@ def _init(raw: Any, env: Mapping[str, Any]) -> dict[str, str]:
             try:
                 value = evaluate(value, init_env)
             except ExprError as exc:
-                raise AttrError("init", f"init.{tensor}: {exc}") from None
+                raise AttrError("init", str(exc)) from None
             if value not in INIT_NAMES:
                 raise AttrError("init", f"init.{tensor}: unknown initialiser {value!r}")
         out[tensor] = value
@@ -157,7 +157,7 @@ def resolve_attrs(
         try:
             evaluated = evaluate(value, env) if field != "mode" else value
         except ExprError as exc:
-            raise AttrError(field, f"{field}: {exc}") from None
+            raise AttrError(field, str(exc)) from None
         attrs[field] = RULES[field](evaluated, field)
     if "padding" in raw:
         try:
@@ -166,7 +166,7 @@ def resolve_attrs(
             else:
                 attrs["padding"] = _conv_padding(raw["padding"], attrs, env)
         except ExprError as exc:
-            raise AttrError("padding", f"padding: {exc}") from None
+            raise AttrError("padding", str(exc)) from None
     if op in ("conv", "conv_transpose", "bn", "linear"):
         init = _init(spec_defaults.init if spec_defaults else None, env)
         init.update(_init(getattr(node, "init", None), env))

@@ -42,7 +42,7 @@ def format_path(parts: tuple[str | int, ...] | list[str | int]) -> str:
             out += f"[{part}]"
         else:
             out += f".{part}" if out else str(part)
-    return out
+    return out if len(out) <= 120 else out[:117] + "..."
 
 
 @dataclass

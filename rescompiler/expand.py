@@ -210,7 +210,7 @@ class Expander:
         try:
             value = evaluate(node.when, scope.env)
         except ExprError as exc:
-            self.error((*path, "when"), f"when: {exc}", key="attr:when")
+            self.error((*path, "when"), str(exc), key="attr:when")
             return True
         if not isinstance(value, bool):
             self.error((*path, "when"), f"when must be true or false, got {value!r}")
@@ -223,7 +223,7 @@ class Expander:
             try:
                 names[backend] = render_template(template, env)
             except ExprError as exc:
-                self.error((*path, "names", backend), f"names.{backend}: {exc}")
+                self.error((*path, "names", backend), str(exc))
         return names
 
     # -- primitive ops -----------------------------------------------------------------
@@ -323,7 +323,7 @@ class Expander:
         try:
             count = evaluate(node.repeat, scope.env)
         except ExprError as exc:
-            self.error((*path, "repeat"), f"repeat: {exc}", key="attr:repeat")
+            self.error((*path, "repeat"), str(exc), key="attr:repeat")
             return None
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             self.error((*path, "repeat"), f"repeat must be a positive integer, got {count!r}")
@@ -342,7 +342,7 @@ class Expander:
             try:
                 child = render_template(node.child_name, env)
             except ExprError as exc:
-                self.error((*path, "child_name"), f"child_name: {exc}")
+                self.error((*path, "child_name"), str(exc))
                 return None
             names = self._render_names(node, path, env)
             child_id = f"{call_id}.{child}"
@@ -371,7 +371,7 @@ class Expander:
             try:
                 args[key] = evaluate(value, env)
             except ExprError as exc:
-                self.error((*path, "args", key), f"{key}: {exc}", key=f"attr:{key}")
+                self.error((*path, "args", key), str(exc), key=f"attr:{key}")
                 ok = False
         for key, default in template.params.items():
             if default is None and key not in node.args and key not in misspelt:
@@ -411,7 +411,7 @@ class Expander:
             try:
                 env[key] = evaluate(value, env)
             except ExprError as exc:
-                self.error((*tpath, "let", key), f"{key}: {exc}", key=f"attr:{key}", where=block_id)
+                self.error((*tpath, "let", key), str(exc), key=f"attr:{key}", where=block_id)
                 return None
         self.containers[block_id] = Container(
             block_id, "block", node.block, args, names, self.locate(path), format_path(path)

@@ -76,6 +76,9 @@ class _Builder:
             )
         if depth > MAX_DEPTH:
             raise self.fail(node, path, f"nesting deeper than {MAX_DEPTH} levels")
+        if node.tag == "tag:yaml.org,2002:timestamp" and isinstance(node, ScalarNode):
+            self.positions.setdefault(path, self.loc(node))
+            return str(node.value)  # a date-like string stays a string
         if node.tag not in _STANDARD_TAGS:
             raise self.fail(node, path, f"tag {node.tag!r} is not allowed in a spec")
         self.positions.setdefault(path, self.loc(node))

@@ -24,7 +24,7 @@ class NameChecker:
         self.sink = sink
 
     def report(self, path: PathKey, field: str, message: str) -> None:
-        self.sink.error(self.locate(path), format_path(path), f"{field}: {message}", f"attr:{field}")
+        self.sink.error(self.locate(path), format_path(path), message, f"attr:{field}")
 
     def check_value(self, value: Any, allowed: set[str], path: PathKey, field: str) -> None:
         """Check a literal, an expression string, or a list of them."""
@@ -88,7 +88,7 @@ class NameChecker:
                 for tensor in ("weight", "bias"):
                     raw = getattr(value, tensor)
                     if raw is not None and raw not in INIT_NAMES:
-                        self.check_value(raw, allowed | set(INIT_NAMES), (*path, field, tensor), "init")
+                        self.check_value(raw, allowed | set(INIT_NAMES), (*path, field), "init")
                 continue
             self.check_value(value, allowed, (*path, field), field)
 

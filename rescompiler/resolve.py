@@ -82,6 +82,21 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[PathKey, str | None]:
     return tuple(path), tag
 
 
+TYPE_WORDS = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "true/false",
+    "bool_parsing": "true/false",
+    "string_type": "an expression string",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+}
+
+
 def path_is_type(part: str) -> bool:
     """Whether a pydantic location part names a union member type (``int``, ``list[...]``)."""
     return part in {"int", "str", "bool", "float", "none"} or "[" in part or part.startswith(
@@ -92,9 +107,9 @@ def path_is_type(part: str) -> bool:
 def _fields_for(path: PathKey, tag: str | None) -> list[str]:
     if tag is not None:
         return list(NODE_TAGS[tag].model_fields)
-    if len(path) == 1:
+    if not path:
         return list(SpecModel.model_fields)
-    if len(path) == 3 and path[0] == "blocks":
+    if len(path) == 2 and path[0] == "blocks":
         return list(BlockTemplate.model_fields)
     return []
 
@@ -102,6 +117,12 @@ def _fields_for(path: PathKey, tag: str | None) -> list[str]:
 def validation_diagnostics(exc: ValidationError, doc: LoadedDocument) -> list[Diagnostic]:
     """Translate pydantic errors into positioned one-line diagnostics, one per spec path."""
     by_path: dict[PathKey, Diagnostic] = {}
+    expected: dict[PathKey, list[str]] = {}
+    for err in exc.errors(include_url=False):
+        path, _tag = _data_path(err["loc"], doc.data)
+        kind = TYPE_WORDS.get(err["type"])
+        if kind and kind not in expected.setdefault(path, []):
+            expected[path].append(kind)
     for err in exc.errors(include_url=False):
         path, tag = _data_path(err["loc"], doc.data)
         kind = err["type"]
@@ -122,14 +143,20 @@ def validation_diagnostics(exc: ValidationError, doc: LoadedDocument) -> list[Di
             message = str(err["ctx"]["error"])
         elif kind == "literal_error" and path and path[-1] == "version":
             message = f"unsupported spec version {err['input']!r}: this rescompiler reads version 1"
+        elif len(expected.get(path, [])) > 1:
+            got = err.get("input")
+            message = f"expected {' or '.join(expected[path])}, got {got!r}"
         else:
             message = err["msg"]
-            if "input" in err and not isinstance(err["input"], dict | list):
-                message += f", got {err['input']!r}"
+            if "input" in err and not isinstance(err["input"], dict):
+                shown = repr(err["input"])
+                message += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
         if path in by_path:
             continue
         by_path[path] = Diagnostic(doc.locate(path), format_path(path), message)
-    return list(by_path.values())
+    # a union failing inside a list reports the inner element; drop the outer duplicate
+    paths = list(by_path)
+    return [d for p, d in by_path.items() if not any(q != p and q[: len(p)] == p for q in paths)]
 
 
 def validate(doc: LoadedDocument) -> SpecModel:
@@ -176,7 +203,7 @@ def resolve_env(
         try:
             env[key] = evaluate(value, env)
         except ExprError as exc:
-            sink.error(doc.locate(("let", key)), f"let.{key}", f"{key}: {exc}", f"attr:{key}")
+            sink.error(doc.locate(("let", key)), f"let.{key}", str(exc), f"attr:{key}")
     shape: tuple[int, ...] | None = None
     try:
         values = evaluate(raw_shape, env)
@@ -187,6 +214,6 @@ def resolve_env(
         shape = tuple(values)
     except ExprError as exc:
         sink.error(
-            doc.locate(("input_shape",)), "input_shape", f"input_shape: {exc}", "attr:input_shape"
+            doc.locate(("input_shape",)), "input_shape", str(exc), "attr:input_shape"
         )
     return env, shape
