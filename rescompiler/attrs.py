@@ -77,7 +77,8 @@ def _conv_padding(raw: Any, attrs: dict[str, Any], env: Mapping[str, Any]) -> tu
             return 0, 0, 0, 0
         if attrs["stride"] != (1, 1):
             raise AttrError(
-                "padding", "padding 'same' needs stride 1; give explicit padding (TF pads asymmetrically)"
+                "padding",
+                "padding 'same' needs stride 1; give explicit padding (TF pads asymmetrically)",
             )
         pads = []
         for k, d in zip(attrs["kernel"], attrs["dilation"], strict=True):

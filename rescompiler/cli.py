@@ -40,15 +40,25 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("spec", help="spec file (.yaml, .yml or .json), or 'schema'")
     parser.add_argument("--backend", help="compile with this backend (torch, keras)")
-    parser.add_argument("-o", "--out", default="generated", help="output directory, or - for stdout")
+    parser.add_argument(
+        "-o", "--out", default="generated", help="output directory, or - for stdout"
+    )
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument("--check", action="store_true", help="validate only; write nothing")
     actions.add_argument("--summary", action="store_true", help="layer table with totals")
     actions.add_argument("--graph", choices=["mermaid", "dot"], help="diagram source to stdout")
-    parser.add_argument("--format", choices=["text", "json"], default="text", help="--summary format")
-    parser.add_argument("--collapse", action="store_true", help="--graph: one box per block instance")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param (YAML value)"
+        "--format", choices=["text", "json"], default="text", help="--summary format"
+    )
+    parser.add_argument(
+        "--collapse", action="store_true", help="--graph: one box per block instance"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param (YAML value)",
     )
     return parser
 
@@ -91,7 +101,10 @@ def run(argv: list[str] | None = None) -> int:
         print("rescompile: error: give --backend, --check, --summary or --graph", file=sys.stderr)
         return Exit.USAGE
     if args.backend and (args.check or args.summary or args.graph):
-        print("rescompile: error: --backend cannot be combined with --check/--summary/--graph", file=sys.stderr)
+        print(
+            "rescompile: error: --backend cannot be combined with --check/--summary/--graph",
+            file=sys.stderr,
+        )
         return Exit.USAGE
     try:
         spec = api.load_spec(args.spec, overrides)

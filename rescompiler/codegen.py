@@ -80,7 +80,9 @@ def py(value: Any, rename: Any = None) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(py(v, rename) for v in value) + "]"
     if isinstance(value, tuple):
-        return "(" + ", ".join(py(v, rename) for v in value) + ("," if len(value) == 1 else "") + ")"
+        return (
+            "(" + ", ".join(py(v, rename) for v in value) + ("," if len(value) == 1 else "") + ")"
+        )
     return repr(value)
 
 

@@ -107,7 +107,9 @@ class Expander:
                 live.update(node.inputs)
         for node in self.nodes:
             if node.id not in live and node.id not in self.conditional:
-                self.sink.warning(node.location, node.spec_path, f"{node.id} does not reach the output")
+                self.sink.warning(
+                    node.location, node.spec_path, f"{node.id} does not reach the output"
+                )
         nodes = [n for n in self.nodes if n.id in live]
         seen: dict[str, str] = {}
         for node in nodes:
@@ -170,11 +172,15 @@ class Expander:
         self, node: Any, path: PathKey, scope: Scope, previous: list[str | None], index: int
     ) -> str | None:
         """Expand one node of a body and register its local name; returns its output id."""
-        default = node.block if isinstance(node, BlockCall) else (
-            node.group if isinstance(node, Group) else node.op
+        default = (
+            node.block
+            if isinstance(node, BlockCall)
+            else (node.group if isinstance(node, Group) else node.op)
         )
-        local = node.group if isinstance(node, Group) else self._local_name(node, scope, index, default)
-        if local in scope.locals and local != INPUT or local in scope.used_names:
+        local = (
+            node.group if isinstance(node, Group) else self._local_name(node, scope, index, default)
+        )
+        if (local in scope.locals and local != INPUT) or local in scope.used_names:
             self.error((*path, "name"), f"name {local!r} is used twice in this body")
         scope.used_names.add(local)
         inputs = self._inputs(node, path, scope, previous)
@@ -186,7 +192,10 @@ class Expander:
             target: str | None = inputs[0]
             if node.otherwise is not None:
                 if node.otherwise not in scope.locals:
-                    self.error((*path, "otherwise"), f"unknown node {node.otherwise!r}{suggest(node.otherwise, scope.locals)}")
+                    self.error(
+                        (*path, "otherwise"),
+                        f"unknown node {node.otherwise!r}{suggest(node.otherwise, scope.locals)}",
+                    )
                     target = None
                 else:
                     target = scope.locals[node.otherwise]
@@ -217,7 +226,9 @@ class Expander:
             return True
         return value
 
-    def _render_names(self, node: NodeBase, path: PathKey, env: Mapping[str, Any]) -> dict[str, str]:
+    def _render_names(
+        self, node: NodeBase, path: PathKey, env: Mapping[str, Any]
+    ) -> dict[str, str]:
         names = {}
         for backend, template in node.names.items():
             try:
@@ -251,18 +262,34 @@ class Expander:
         try:
             result = infer_node(op, attrs, ref_names, shapes)
         except InferError as exc:
-            self.error((*path, exc.field) if exc.field else path, str(exc), key=f"infer:{exc.field}", where=where or node_id)
+            self.error(
+                (*path, exc.field) if exc.field else path,
+                str(exc),
+                key=f"infer:{exc.field}",
+                where=where or node_id,
+            )
             return None
         size = 1
         for d in result.shape:
             size *= d
         if size > MAX_ACTIVATION:
-            self._cap(path, f"{node_id} output {fmt(result.shape)} exceeds the activation cap of {MAX_ACTIVATION:,} elements", "RESCOMPILER_MAX_ACTIVATION")
+            self._cap(
+                path,
+                f"{node_id} output {fmt(result.shape)} exceeds the activation cap "
+                f"of {MAX_ACTIVATION:,} elements",
+                "RESCOMPILER_MAX_ACTIVATION",
+            )
         self.params += result.params + result.stats
         if self.params > MAX_PARAMS:
-            self._cap(path, f"model exceeds the cap of {MAX_PARAMS:,} parameters", "RESCOMPILER_MAX_PARAMS")
+            self._cap(
+                path,
+                f"model exceeds the cap of {MAX_PARAMS:,} parameters",
+                "RESCOMPILER_MAX_PARAMS",
+            )
         if len(self.nodes) >= MAX_NODES:
-            self._cap(path, f"model exceeds the cap of {MAX_NODES:,} layers", "RESCOMPILER_MAX_NODES")
+            self._cap(
+                path, f"model exceeds the cap of {MAX_NODES:,} layers", "RESCOMPILER_MAX_NODES"
+            )
         names = self._render_names(node, path, scope.env)
         names["keras"] = scope.keras_name(names.get("keras", local))
         self.nodes.append(
@@ -309,7 +336,10 @@ class Expander:
         """One block instance, or a stage of ``repeat`` instances chained first input to output."""
         template = self.spec.blocks.get(node.block)
         if template is None:
-            self.error((*path, "block"), f"unknown block {node.block!r}{suggest(node.block, self.spec.blocks)}")
+            self.error(
+                (*path, "block"),
+                f"unknown block {node.block!r}{suggest(node.block, self.spec.blocks)}",
+            )
             return None
         call_id = scope.child_id(local)
         if node.repeat is None:
@@ -329,9 +359,19 @@ class Expander:
             self.error((*path, "repeat"), f"repeat must be a positive integer, got {count!r}")
             return None
         if count > MAX_NODES:
-            self._cap((*path, "repeat"), f"repeat {count:,} exceeds the cap of {MAX_NODES:,} layers", "RESCOMPILER_MAX_NODES")
+            self._cap(
+                (*path, "repeat"),
+                f"repeat {count:,} exceeds the cap of {MAX_NODES:,} layers",
+                "RESCOMPILER_MAX_NODES",
+            )
         self.containers[call_id] = Container(
-            call_id, "stage", node.block, {"repeat": count}, {}, self.locate(path), format_path(path)
+            call_id,
+            "stage",
+            node.block,
+            {"repeat": count},
+            {},
+            self.locate(path),
+            format_path(path),
         )
         stage_scope = Scope(call_id, scope.keras_prefix, (*scope.containers, call_id), scope.env)
         current = list(refs)
@@ -349,7 +389,9 @@ class Expander:
             keras = scope.keras_name(names.get("keras", f"{local}_{child}"))
             if args is None:
                 return None
-            out = self.instantiate(node, template, path, args, current, child_id, keras, stage_scope, names)
+            out = self.instantiate(
+                node, template, path, args, current, child_id, keras, stage_scope, names
+            )
             if out is None:
                 return None
             current = [out, *current[1:]]
@@ -398,7 +440,11 @@ class Expander:
             self.error((*path, "block"), f"block {node.block!r} uses itself ({chain})")
             return None
         if len(refs) != len(template.inputs):
-            self.error((*path, "inputs"), f"block {node.block!r} takes {len(template.inputs)} input(s) {template.inputs}, got {len(refs)}")
+            self.error(
+                (*path, "inputs"),
+                f"block {node.block!r} takes {len(template.inputs)} input(s) "
+                f"{template.inputs}, got {len(refs)}",
+            )
             return None
         first_shape = self.shapes[refs[0]]
         if first_shape is None:
@@ -427,7 +473,10 @@ class Expander:
             self.stack.pop()
         if template.output is not None:
             if template.output not in inner.locals:
-                self.error((*tpath, "output"), f"unknown node {template.output!r}{suggest(template.output, inner.locals)}")
+                self.error(
+                    (*tpath, "output"),
+                    f"unknown node {template.output!r}{suggest(template.output, inner.locals)}",
+                )
                 return None
             out = inner.locals[template.output]
         return out

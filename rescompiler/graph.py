@@ -22,7 +22,9 @@ class _Vertex:
     cluster: str | None
 
 
-def _vertices(graph: Graph, collapse: bool) -> tuple[list[_Vertex], list[tuple[str, str]], dict[str, str]]:
+def _vertices(
+    graph: Graph, collapse: bool
+) -> tuple[list[_Vertex], list[tuple[str, str]], dict[str, str]]:
     """Vertices, edges and cluster titles; ``collapse`` draws each block instance as one box."""
     owner: dict[str, str] = {INPUT: INPUT}
     vertices: dict[str, _Vertex] = {

@@ -42,7 +42,9 @@ def _feature_map(shapes: Sequence[Shape], op: str) -> Shape:
 def _window(size: int, kernel: int, stride: int, pad: int, dilation: int, what: str) -> int:
     span = dilation * (kernel - 1) + 1
     if size + pad <= 0 or span > size + pad:
-        raise InferError(f"{what} {kernel} (span {span}) is larger than its padded input {size + pad}")
+        raise InferError(
+            f"{what} {kernel} (span {span}) is larger than its padded input {size + pad}"
+        )
     return (size + pad - span) // stride + 1
 
 
@@ -73,7 +75,9 @@ def _conv_transpose(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     if oh <= 0 or ow <= 0:
         raise InferError(f"output size {oh}×{ow} is not positive", "padding")
     weights = c * (a["out"] // g) * kh * kw
-    return OpResult((a["out"], oh, ow), weights + (a["out"] if a["bias"] else 0), 0, weights * h * w)
+    return OpResult(
+        (a["out"], oh, ow), weights + (a["out"] if a["bias"] else 0), 0, weights * h * w
+    )
 
 
 def _bn(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
@@ -104,7 +108,9 @@ def _pool(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
     if ph * 2 > kh or pw * 2 > kw:
         raise InferError("pool padding must be at most half the kernel", "padding")
-    return OpResult((c, _window(h, kh, sh, 2 * ph, 1, "kernel"), _window(w, kw, sw, 2 * pw, 1, "kernel")))
+    return OpResult(
+        (c, _window(h, kh, sh, 2 * ph, 1, "kernel"), _window(w, kw, sw, 2 * pw, 1, "kernel"))
+    )
 
 
 def _global_pool(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
@@ -129,7 +135,9 @@ def _crop(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
 def _match_size(op: str) -> Callable[[dict[str, Any], Sequence[Shape]], OpResult]:
     def infer(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
         if len(shapes) != 2:
-            raise InferError(f"{op} takes two inputs (tensor, reference), got {len(shapes)}", "inputs")
+            raise InferError(
+                f"{op} takes two inputs (tensor, reference), got {len(shapes)}", "inputs"
+            )
         (c, h, w), (_, rh, rw) = _feature_map(shapes, op), _feature_map(shapes[1:], op)
         if op == "crop_to" and (rh > h or rw > w):
             raise InferError(f"cannot crop {h}×{w} to the larger {rh}×{rw}", "inputs")
@@ -205,7 +213,8 @@ def check_merge(op: str, names: Sequence[str], shapes: Sequence[Shape]) -> None:
     for name, shape in zip(names[1:], shapes[1:], strict=True):
         if op == "add" and shape != first_shape:
             raise InferError(
-                f"add inputs differ in shape: {first} is {fmt(first_shape)}, {name} is {fmt(shape)}",
+                f"add inputs differ in shape: {first} is {fmt(first_shape)}, "
+                f"{name} is {fmt(shape)}",
                 "inputs",
             )
         if op == "concat" and (len(shape) != len(first_shape) or shape[1:] != first_shape[1:]):
@@ -216,7 +225,9 @@ def check_merge(op: str, names: Sequence[str], shapes: Sequence[Shape]) -> None:
             )
 
 
-def infer_node(op: str, attrs: dict[str, Any], names: Sequence[str], shapes: Sequence[Shape]) -> OpResult:
+def infer_node(
+    op: str, attrs: dict[str, Any], names: Sequence[str], shapes: Sequence[Shape]
+) -> OpResult:
     """Shape, params, statistics and MACs of one node; raises InferError when it cannot apply."""
     if op in ("add", "concat"):
         check_merge(op, names, shapes)

@@ -67,7 +67,11 @@ class NameChecker:
         """Check one node's expression fields."""
         if node.when is not None:
             self.check_value(node.when, allowed, (*path, "when"), "when")
-        inner = allowed | {"i", "n"} if isinstance(node, BlockCall) and node.repeat is not None else allowed
+        inner = (
+            allowed | {"i", "n"}
+            if isinstance(node, BlockCall) and node.repeat is not None
+            else allowed
+        )
         for backend, template in node.names.items():
             self.check_template(template, inner, (*path, "names", backend), f"names.{backend}")
         if isinstance(node, Group):
@@ -93,7 +97,9 @@ class NameChecker:
             self.check_value(value, allowed, (*path, field), field)
 
 
-def check_names(spec: SpecModel, locate: Callable[[PathKey], Location], sink: DiagnosticSink) -> None:
+def check_names(
+    spec: SpecModel, locate: Callable[[PathKey], Location], sink: DiagnosticSink
+) -> None:
     """Record an error for every expression that reads a name not defined where it is used."""
     checker = NameChecker(locate, sink)
     model_names = set(spec.params)

@@ -18,7 +18,9 @@ class Call:
 
     def flat(self) -> str:
         """The call on one line."""
-        return f"{self.callee}({', '.join(a if isinstance(a, str) else a.flat() for a in self.args)})"
+        return (
+            f"{self.callee}({', '.join(a if isinstance(a, str) else a.flat() for a in self.args)})"
+        )
 
 
 def layout(indent: int, prefix: str, call: Call | str, suffix: str = "") -> list[str]:
@@ -32,8 +34,10 @@ def layout(indent: int, prefix: str, call: Call | str, suffix: str = "") -> list
     if not call.args:
         return [one]
     inner = " " * (indent + 4) + ", ".join(a if isinstance(a, str) else a.flat() for a in call.args)
-    if len(inner) <= LINE_LENGTH and not call.explode and not any(
-        isinstance(a, Call) and a.explode for a in call.args
+    if (
+        len(inner) <= LINE_LENGTH
+        and not call.explode
+        and not any(isinstance(a, Call) and a.explode for a in call.args)
     ):
         return [pad + prefix + call.callee + "(", inner, pad + ")" + suffix]
     lines = [pad + prefix + call.callee + "("]

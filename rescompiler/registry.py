@@ -37,14 +37,17 @@ def get_backend(name: str) -> Any:
             target = ep.value
     target = target or BUILTIN.get(name)
     if target is None:
-        raise BackendError(f"unknown backend {name!r}; available: {', '.join(available_backends())}")
+        raise BackendError(
+            f"unknown backend {name!r}; available: {', '.join(available_backends())}"
+        )
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         extra = EXTRAS.get(name, name)
         raise BackendError(
-            f"backend {name!r} cannot be imported ({exc}); install it with: pip install 'rescompiler[{extra}]'"
+            f"backend {name!r} cannot be imported ({exc}); "
+            f"install it with: pip install 'rescompiler[{extra}]'"
         ) from None
     backend = getattr(module, attr) if attr else module
     for needed in ("build", "emit"):

@@ -18,7 +18,11 @@ MAX_EXTENDS_DEPTH = 16
 
 
 def _merge(
-    base: Any, child: Any, base_pos: dict[PathKey, Location], child_pos: dict[PathKey, Location], path: PathKey
+    base: Any,
+    child: Any,
+    base_pos: dict[PathKey, Location],
+    child_pos: dict[PathKey, Location],
+    path: PathKey,
 ) -> Any:
     """Deep-merge mappings (child wins); lists and scalars are replaced whole."""
     if isinstance(base, dict) and isinstance(child, dict):
@@ -35,7 +39,9 @@ def _merge(
     return child
 
 
-def load_merged(path: Path, display: str | None = None, chain: tuple[Path, ...] = ()) -> LoadedDocument:
+def load_merged(
+    path: Path, display: str | None = None, chain: tuple[Path, ...] = ()
+) -> LoadedDocument:
     """Load ``path`` and, recursively, the spec it ``extends``; return the merged document."""
     doc = load_document(path, display)
     parent = doc.data.get("extends")
@@ -51,7 +57,9 @@ def load_merged(path: Path, display: str | None = None, chain: tuple[Path, ...] 
     if len(chain) >= MAX_EXTENDS_DEPTH:
         raise SpecError.single(where, "extends", f"extends chain longer than {MAX_EXTENDS_DEPTH}")
     if not resolved.is_file():
-        raise SpecError.single(where, "extends", f"base spec {parent!r} not found (looked in {path.parent})")
+        raise SpecError.single(
+            where, "extends", f"base spec {parent!r} not found (looked in {path.parent})"
+        )
     base_display = str(Path(doc.file).parent / parent)
     base = load_merged(resolved, base_display, (*chain, path.resolve()))
     positions = dict(base.positions)
@@ -68,10 +76,9 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[PathKey, str | None]:
     current = data
     tag = None
     for part in loc:
-        if isinstance(part, int) and isinstance(current, list) and 0 <= part < len(current):
-            path.append(part)
-            current = current[part]
-        elif isinstance(part, str) and isinstance(current, dict) and part in current:
+        in_list = isinstance(part, int) and isinstance(current, list) and 0 <= part < len(current)
+        in_dict = isinstance(part, str) and isinstance(current, dict) and part in current
+        if in_list or in_dict:
             path.append(part)
             current = current[part]
         elif isinstance(part, str) and part in NODE_TAGS:
@@ -99,8 +106,10 @@ TYPE_WORDS = {
 
 def path_is_type(part: str) -> bool:
     """Whether a pydantic location part names a union member type (``int``, ``list[...]``)."""
-    return part in {"int", "str", "bool", "float", "none"} or "[" in part or part.startswith(
-        "function"
+    return (
+        part in {"int", "str", "bool", "float", "none"}
+        or "[" in part
+        or part.startswith("function")
     )
 
 
@@ -138,7 +147,10 @@ def validation_diagnostics(exc: ValidationError, doc: LoadedDocument) -> list[Di
         elif kind == "union_tag_not_found":
             message = "a node needs 'op' (e.g. op: conv), 'block' or 'group'"
         elif kind == "string_pattern_mismatch":
-            message = f"{err['input']!r} is not a valid name (letters, digits and _, starting with a letter)"
+            message = (
+                f"{err['input']!r} is not a valid name "
+                "(letters, digits and _, starting with a letter)"
+            )
         elif kind == "value_error":
             message = str(err["ctx"]["error"])
         elif kind == "literal_error" and path and path[-1] == "version":
@@ -165,7 +177,9 @@ def validate(doc: LoadedDocument) -> SpecModel:
         return SpecModel.model_validate(doc.data)
     except ValidationError as exc:
         diagnostics = validation_diagnostics(exc, doc)
-        raise SpecError(sorted(diagnostics, key=lambda d: (d.location.line, d.location.column))) from None
+        raise SpecError(
+            sorted(diagnostics, key=lambda d: (d.location.line, d.location.column))
+        ) from None
 
 
 def _kind(value: Any) -> str:
@@ -181,7 +195,11 @@ def _kind(value: Any) -> str:
 
 
 def resolve_env(
-    spec: SpecModel, doc: LoadedDocument, overrides: dict[str, Any], sink: DiagnosticSink, origin: Location
+    spec: SpecModel,
+    doc: LoadedDocument,
+    overrides: dict[str, Any],
+    sink: DiagnosticSink,
+    origin: Location,
 ) -> tuple[dict[str, Any], tuple[int, ...] | None]:
     """Params after overrides, plus ``let`` values; and the evaluated input shape."""
     params = dict(spec.params)
@@ -191,11 +209,19 @@ def resolve_env(
             raw_shape = value
             continue
         if key not in params:
-            sink.error(origin, f"overrides.{key}", f"unknown param {key!r}{suggest(key, [*params, 'input_shape'])}")
+            sink.error(
+                origin,
+                f"overrides.{key}",
+                f"unknown param {key!r}{suggest(key, [*params, 'input_shape'])}",
+            )
             continue
         default = params[key]
         if default is not None and _kind(default) != _kind(value):
-            sink.error(origin, f"overrides.{key}", f"{key} must be {_kind(default)} like its default {default!r}, got {value!r}")
+            sink.error(
+                origin,
+                f"overrides.{key}",
+                f"{key} must be {_kind(default)} like its default {default!r}, got {value!r}",
+            )
             continue
         params[key] = value
     env = dict(params)
@@ -207,13 +233,13 @@ def resolve_env(
     shape: tuple[int, ...] | None = None
     try:
         values = evaluate(raw_shape, env)
-        if not isinstance(values, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
-        ) or len(values) not in (1, 3):
+        if (
+            not isinstance(values, list)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+            or len(values) not in (1, 3)
+        ):
             raise ExprError(f"input_shape must be [C, H, W] of positive integers, got {values!r}")
         shape = tuple(values)
     except ExprError as exc:
-        sink.error(
-            doc.locate(("input_shape",)), "input_shape", str(exc), "attr:input_shape"
-        )
+        sink.error(doc.locate(("input_shape",)), "input_shape", str(exc), "attr:input_shape")
     return env, shape

@@ -34,7 +34,9 @@ Ident = Annotated[
     StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=64),
     AfterValidator(_not_reserved),
 ]
-NameTemplate = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_{}()+\-*/% ]+$", max_length=128)]
+NameTemplate = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_{}()+\-*/% ]+$", max_length=128)
+]
 IntExpr = Annotated[int | str, Field(union_mode="left_to_right")]
 BoolExpr = Annotated[bool | str, Field(union_mode="left_to_right")]
 FloatExpr = Annotated[float | int | str, Field(union_mode="left_to_right")]
@@ -243,7 +245,7 @@ class BlockCall(NodeBase):
 
 
 class Group(NodeBase):
-    """A named sequential container (torch ``nn.Sequential``); children named 0, 1, ... by default."""
+    """A named sequential container (torch ``nn.Sequential``); children are named 0, 1, ..."""
 
     group: Ident
     body: list[Node]
@@ -361,9 +363,9 @@ class SpecModel(Strict):
     input_shape: list[IntExpr] = Field(min_length=1, max_length=3, description="C, H, W")
     params: dict[Ident, Any] = Field(default_factory=dict, description="overridable params")
     let: dict[Ident, Any] = Field(default_factory=dict, description="derived values, in order")
-    defaults: dict[
-        Literal["conv", "conv_transpose", "bn", "linear"], OpDefaults
-    ] = Field(default_factory=dict)
+    defaults: dict[Literal["conv", "conv_transpose", "bn", "linear"], OpDefaults] = Field(
+        default_factory=dict
+    )
     blocks: dict[Ident, BlockTemplate] = Field(default_factory=dict)
     body: list[Node] = Field(min_length=1)
 

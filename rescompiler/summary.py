@@ -72,7 +72,10 @@ class Summary:
         right = {3, 4, 5}
 
         def line(cells: tuple[str, ...]) -> str:
-            parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+            parts = [
+                c.rjust(w) if i in right else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ]
             return "  ".join(parts).rstrip()
 
         rule = "  ".join("-" * w for w in widths)

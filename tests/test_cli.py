@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SPECS
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from library import REFERENCE_PARAMS, library, spec_path
 
 import rescompiler
-from library import REFERENCE_PARAMS, library, spec_path
 
 
 @pytest.mark.parametrize("name", library())

@@ -72,9 +72,7 @@ def test_unknown_override_is_an_error(capsys: pytest.CaptureFixture[str]) -> Non
     assert "unknown param 'num_clases' (did you mean 'num_classes'?)" in capsys.readouterr().err
 
 
-def test_unreachable_node_is_a_warning(
-    write_spec, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unreachable_node_is_a_warning(write_spec, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_spec(
         "version: 1\nname: w\ninput_shape: [3, 8, 8]\n"
         "body:\n  - {op: relu, name: a}\n  - {op: relu, name: dead, inputs: input}\n"

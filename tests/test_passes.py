@@ -126,7 +126,9 @@ def test_mismatched_add_names_both_inputs_and_shapes(write_spec: Writer) -> None
 
 
 def test_all_mistakes_are_reported(write_spec: Writer) -> None:
-    bad = RESIDUAL.replace("out: planes, kernel: 3, padding: 1", "out: planes, kernel: 3, padding: x")
+    bad = RESIDUAL.replace(
+        "out: planes, kernel: 3, padding: 1", "out: planes, kernel: 3, padding: x"
+    )
     bad = bad.replace("out: 10", "out: num_classes").replace("planes: width}", "plane: width}")
     err = errors_of(write_spec(bad))
     messages = [d.message for d in err.diagnostics]
@@ -134,7 +136,9 @@ def test_all_mistakes_are_reported(write_spec: Writer) -> None:
     assert any("unknown name 'x'" in m for m in messages)
     assert any("has no param 'plane'" in m for m in messages)
     assert any("unknown name 'num_classes'" in m for m in messages)
-    assert [d.location.line for d in err.diagnostics] == sorted(d.location.line for d in err.diagnostics)
+    assert [d.location.line for d in err.diagnostics] == sorted(
+        d.location.line for d in err.diagnostics
+    )
 
 
 def test_validation_errors_are_positioned(write_spec: Writer) -> None:
@@ -281,7 +285,8 @@ def test_caps_stop_huge_specs_before_allocation(write_spec: Writer) -> None:
 
 def test_recursive_blocks_are_rejected(write_spec: Writer) -> None:
     text = HEADER + (
-        "blocks:\n  a:\n    body: [{block: b}]\n  b:\n    body: [{block: a}]\nbody:\n  - {block: a}\n"
+        "blocks:\n  a:\n    body: [{block: b}]\n  b:\n    body: [{block: a}]\n"
+        "body:\n  - {block: a}\n"
     )
     err = errors_of(write_spec(text))
     assert "uses itself (a -> b -> a)" in err.message

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from library import ROOT, TORCHVISION, library, small_input, spec_path
 
 import rescompiler
-from library import ROOT, TORCHVISION, library, small_input, spec_path
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -34,7 +34,7 @@ def load(name: str, **overrides: object) -> rescompiler.Spec:
     return rescompiler.load_spec(spec_path(name), overrides or None)
 
 
-def generated_module(name: str):  # noqa: ANN201 - a module object
+def generated_module(name: str):
     return importlib.import_module(f"generated.{name}_torch")
 
 

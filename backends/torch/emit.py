@@ -58,7 +58,9 @@ class Scope:
 class BodyEmitter:
     """Walks a body of nodes, mirroring the expander's naming, and writes Python lines."""
 
-    def __init__(self, scope: Scope, path: str, owner: str = "self", in_group: bool = False) -> None:
+    def __init__(
+        self, scope: Scope, path: str, owner: str = "self", in_group: bool = False
+    ) -> None:
         self.s = scope
         self.path = path
         self.owner = owner
@@ -114,7 +116,13 @@ class BodyEmitter:
             cls = "nn.Conv2d" if op == "conv" else "nn.ConvTranspose2d"
             out = py(node.out)  # type: ignore[attr-defined]
             args: list[str] = [cin, out, f"kernel_size={_pair(node.kernel)}"]  # type: ignore[attr-defined]
-            for name, neutral in (("stride", 1), ("padding", 0), ("output_padding", 0), ("dilation", 1), ("groups", 1)):
+            for name, neutral in (
+                ("stride", 1),
+                ("padding", 0),
+                ("output_padding", 0),
+                ("dilation", 1),
+                ("groups", 1),
+            ):
                 value = getattr(node, name, neutral)
                 if value != neutral:
                     if name == "padding" and op == "conv":
@@ -210,7 +218,9 @@ class BodyEmitter:
         if isinstance(value, list) and len(value) == 4:
             t, b, left, r = value
             if t != b or left != r:
-                raise self.fail(index, "asymmetric conv padding: put a zeropad node before the conv")
+                raise self.fail(
+                    index, "asymmetric conv padding: put a zeropad node before the conv"
+                )
             return _pair([t, left])
         return _pair(value)
 
@@ -222,8 +232,14 @@ class BodyEmitter:
         lines = []
         for tensor in ("weight", "bias"):
             own = getattr(node.init, tensor, None) if node.init else None  # type: ignore[attr-defined]
-            value = own if own is not None else getattr(getattr(defaults, "init", None), tensor, None)
-            if value is None or value == "torch_default" or TORCH_DEFAULT_INIT.get((op, tensor)) == value:
+            value = (
+                own if own is not None else getattr(getattr(defaults, "init", None), tensor, None)
+            )
+            if (
+                value is None
+                or value == "torch_default"
+                or TORCH_DEFAULT_INIT.get((op, tensor)) == value
+            ):
                 continue
             if tensor == "bias" and op != "bn" and self.default(node, "bias") is False:
                 continue
@@ -237,7 +253,13 @@ class BodyEmitter:
         return lines
 
     # -- bodies ------------------------------------------------------------------------
-    def emit(self, body: list[Any], inputs: dict[str, tuple[str, str]], first: str, output: str | None = None) -> str:
+    def emit(
+        self,
+        body: list[Any],
+        inputs: dict[str, tuple[str, str]],
+        first: str,
+        output: str | None = None,
+    ) -> str:
         """Emit ``body``; ``inputs`` maps visible names to (var, channels). Returns output name."""
         for name, (var, chan) in inputs.items():
             self.vars[name], self.channels[name] = var, chan
@@ -284,7 +306,9 @@ class BodyEmitter:
             previous = local
         return plan
 
-    def choose_var(self, index: int, local: str, names: list[str], conditional: bool) -> tuple[str, bool]:
+    def choose_var(
+        self, index: int, local: str, names: list[str], conditional: bool
+    ) -> tuple[str, bool]:
         """Output variable of node ``index``: reuse the first input's when it dies here."""
         first = names[0]
         first_var = self.vars.get(first, "")
@@ -310,13 +334,17 @@ class BodyEmitter:
         op = getattr(node, "op", None)
         if op in ("add", "concat"):
             if cond is not None or self.owner != "self":
-                raise self.fail(index, f"{op} inside a group or with 'when' is not supported by torch")
+                raise self.fail(
+                    index, f"{op} inside a group or with 'when' is not supported by torch"
+                )
             var, _ = self.choose_var(index, local, names, False)
             if op == "add":
                 self.s.forward.append(f"        {var} = {' + '.join(in_vars)}")
                 self.channels[local] = cin
             else:
-                self.s.forward += layout(8, f"{var} = ", Call("torch.cat", (f"[{', '.join(in_vars)}]", "1")))
+                self.s.forward += layout(
+                    8, f"{var} = ", Call("torch.cat", (f"[{', '.join(in_vars)}]", "1"))
+                )
                 self.channels[local] = "(" + " + ".join(self.channels[n] for n in names) + ")"
             self.vars[local] = var
             return
@@ -333,7 +361,9 @@ class BodyEmitter:
             out_chan = f"({out_chan} if self.{local} is not None else {self.channels[alt]})"
         call = self.call_source(node, local, in_vars)
         alt_var = self.vars[alt]
-        var, reused = self.choose_var(index, local, names if cond is None else [alt, *names], cond is not None)
+        var, reused = self.choose_var(
+            index, local, names if cond is None else [alt, *names], cond is not None
+        )
         if cond is not None:
             if not (reused and var == alt_var):
                 self.s.forward.append(f"        {var} = {alt_var}")
@@ -346,11 +376,15 @@ class BodyEmitter:
     def call_source(self, node: Any, local: str, in_vars: list[str]) -> Call | str:
         if isinstance(node, BlockCall) and node.repeat is not None and len(in_vars) > 1:
             raise SpecError.single(
-                self.s.spec.graph.nodes[0].location, self.path, "stages of multi-input blocks are not supported by the torch backend"
+                self.s.spec.graph.nodes[0].location,
+                self.path,
+                "stages of multi-input blocks are not supported by the torch backend",
             )
         return Call(f"self.{local}", tuple(in_vars))
 
-    def emit_module(self, node: Any, index: int, local: str, indent: int, cin: str, names: list[str]) -> str:
+    def emit_module(
+        self, node: Any, index: int, local: str, indent: int, cin: str, names: list[str]
+    ) -> str:
         """Create ``self.<local>`` (a module, block, stage or group); returns its channels."""
         if local in MODULE_ATTRIBUTES:
             raise self.fail(index, f"name {local!r} clashes with an nn.Module attribute")
@@ -372,11 +406,15 @@ class BodyEmitter:
         args += [f"{g}={g}" for g in self.s.globals_of[node.block]]
         return args
 
-    def emit_block_call(self, node: BlockCall, index: int, local: str, indent: int, names: list[str]) -> str:
+    def emit_block_call(
+        self, node: BlockCall, index: int, local: str, indent: int, names: list[str]
+    ) -> str:
         cls = self.s.class_of[node.block]
         pad = " " * indent
         if node.repeat is None:
-            self.s.init += self.assign(indent, local, Call(cls, tuple(self.block_args(node, names))))
+            self.s.init += self.assign(
+                indent, local, Call(cls, tuple(self.block_args(node, names)))
+            )
             return f"{self.attr_ref(local)}.out_channels"
         stage = self.attr_ref(local)
         chan = self.s.init_ns.create(f"{local}_channels")
@@ -408,7 +446,9 @@ class BodyEmitter:
                 ctor, chan = self.constructor(child, k, chan)
                 ctors.append(ctor)
                 inits += self.init_lines(indent, child, f"{ref}[{k}]")
-            self.s.init += self.assign(indent, local, Call("nn.Sequential", tuple(ctors), explode=True))
+            self.s.init += self.assign(
+                indent, local, Call("nn.Sequential", tuple(ctors), explode=True)
+            )
             self.s.init += inits
             return chan
         self.s.init += self.assign(indent, local, "nn.Sequential()")
@@ -460,14 +500,19 @@ def emit_class(spec: Any, scope: Scope, name: str, template: BlockTemplate) -> d
         "doc": _docstring(template.doc or f"Block template {name!r}."),
         "template": name,
         "signature": layout(
-            4, "def ", Call("__init__", ("self", *params, *(["*"] if globals_ else []), *globals_)), " -> None:"
+            4,
+            "def ",
+            Call("__init__", ("self", *params, *(["*"] if globals_ else []), *globals_)),
+            " -> None:",
         ),
         "init": scope.init,
         "out_channels": emitter.channels[out],
         "forward_signature": layout(
             4,
             "def ",
-            Call("forward", ("self", *(f"{input_vars[i][0]}: torch.Tensor" for i in template.inputs))),
+            Call(
+                "forward", ("self", *(f"{input_vars[i][0]}: torch.Tensor" for i in template.inputs))
+            ),
             " -> torch.Tensor:",
         ),
         "forward": scope.forward,
@@ -498,7 +543,9 @@ def emit_source(spec: Any) -> str:
     scope.init += [f"        {key} = {py(value)}" for key, value in model.let.items()]
     x = scope.var_ns.create("x")
     out = emitter.emit(model.body, {"input": (x, "in_channels")}, "input")
-    params = [f"{key}: {annotation(value)} = {literal(value)}" for key, value in spec.params.items()]
+    params = [
+        f"{key}: {annotation(value)} = {literal(value)}" for key, value in spec.params.items()
+    ]
     params.append(f"input_shape: Sequence[int] = {literal(spec.graph.input_shape)}")
     header = f"{model.name}: {_docstring(model.description or model.name)}\n\n"
     if model.reference:
@@ -526,7 +573,9 @@ def emit_source(spec: Any) -> str:
         },
         defaults=[(json.dumps(k), literal(v)) for k, v in spec.params.items()],
         input_shape=literal(spec.graph.input_shape),
-        needs_init=any("INITIALISERS[" in line for b in [*blocks, {"init": scope.init}] for line in b["init"]),
+        needs_init=any(
+            "INITIALISERS[" in line for b in [*blocks, {"init": scope.init}] for line in b["init"]
+        ),
     )
 
 
