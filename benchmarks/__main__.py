@@ -1,0 +1,241 @@
+"""Run every benchmark in one process and write benchmarks/results.{json,md}.
+
+    python -m benchmarks            # everything (several minutes on 2 cores)
+    python -m benchmarks --quick    # fewer repeats
+
+Ratios compare against the hand-written reference measured in the same run, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch  # the torch stack before anything that may load tensorflow
+import torchvision
+
+import rescompiler
+
+from .measure import interleaved_medians, peak_tensor_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(__file__).resolve().parent
+
+
+def torch_models(name: str) -> dict[str, torch.nn.Module]:
+    spec = rescompiler.load_spec(ROOT / "specs" / f"{name}.yaml")
+    reference = getattr(torchvision.models, name)(weights=None).eval()
+    built = rescompiler.build(spec, "torch").eval()
+    generated = importlib.import_module(f"generated.{name}_torch").build().eval()
+    state = reference.state_dict()
+    built.load_state_dict(state)
+    generated.load_state_dict(state)
+    return {"torchvision": reference, "built": built, "generated": generated}
+
+
+def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
+    models = torch_models(name)
+    rows = []
+    for batch, count in repeats.items():
+        x = torch.randn(batch, 3, 224, 224)
+
+        def run(model: torch.nn.Module, x: torch.Tensor = x) -> Any:
+            with torch.no_grad():
+                return model(x)
+
+        times = interleaved_medians({k: (lambda m=m: run(m)) for k, m in models.items()}, count)
+        peaks = {k: peak_tensor_bytes(lambda m=m: run(m)) for k, m in models.items()}
+        for variant in ("built", "generated"):
+            rows.append(
+                {
+                    "benchmark": f"torch forward {name} b{batch} 224",
+                    "variant": variant,
+                    "reference_ms": round(times["torchvision"] * 1e3, 2),
+                    "ms": round(times[variant] * 1e3, 2),
+                    "time_ratio": round(times[variant] / times["torchvision"], 3),
+                    "memory_ratio": round(peaks[variant] / peaks["torchvision"], 3),
+                    "peak_mb": round(peaks[variant] / 2**20, 1),
+                    "reference_peak_mb": round(peaks["torchvision"] / 2**20, 1),
+                }
+            )
+    return rows
+
+
+def train_rows(name: str, repeats: int) -> list[dict[str, Any]]:
+    models = torch_models(name)
+    x = torch.randn(8, 3, 128, 128)
+    y = torch.randint(0, 1000, (8,))
+    optimisers = {
+        k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()
+    }
+
+    def step(key: str) -> None:
+        model, optimiser = models[key], optimisers[key]
+        model.train()
+        optimiser.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimiser.step()
+
+    times = interleaved_medians({k: (lambda k=k: step(k)) for k in models}, repeats, warmup=2)
+    return [
+        {
+            "benchmark": f"torch train step {name} b8 128",
+            "variant": variant,
+            "reference_ms": round(times["torchvision"] * 1e3, 1),
+            "ms": round(times[variant] * 1e3, 1),
+            "time_ratio": round(times[variant] / times["torchvision"], 3),
+        }
+        for variant in ("built", "generated")
+    ]
+
+
+def build_rows(name: str, repeats: int) -> list[dict[str, Any]]:
+    spec = rescompiler.load_spec(ROOT / "specs" / f"{name}.yaml")
+    module = importlib.import_module(f"generated.{name}_torch")
+    constructor = getattr(torchvision.models, name)
+    times = interleaved_medians(
+        {
+            "torchvision": lambda: constructor(weights=None),
+            "built": lambda: rescompiler.build(spec, "torch"),
+            "generated": module.build,
+        },
+        repeats,
+        warmup=1,
+    )
+    return [
+        {
+            "benchmark": f"build {name}",
+            "variant": variant,
+            "reference_ms": round(times["torchvision"] * 1e3, 1),
+            "ms": round(times[variant] * 1e3, 1),
+            "time_ratio": round(times[variant] / times["torchvision"], 3),
+        }
+        for variant in ("built", "generated")
+    ]
+
+
+def deep_spec(layers: int, folder: Path) -> Path:
+    """A plain stack of ``layers`` conv/relu layers, to show how cost grows with depth."""
+    path = folder / f"deep{layers}.yaml"
+    path.write_text(
+        "version: 1\nname: deep\ninput_shape: [8, 16, 16]\n"
+        f"params: {{n: {layers // 2}}}\n"
+        "blocks:\n  unit:\n    body:\n"
+        "      - {op: conv, name: conv, out: 8, kernel: 3, padding: 1}\n"
+        "      - {op: relu}\n"
+        "body:\n  - {block: unit, name: stack, repeat: n}\n"
+    )
+    return path
+
+
+def front_end_rows(repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        targets = [
+            ROOT / "specs" / f"{n}.yaml"
+            for n in ("cifar_resnet20", "resnet152", "preact_resnet1001")
+        ]
+        targets += [deep_spec(10_000, Path(tmp))]
+        for path in targets:
+            if not path.exists():
+                continue
+            spec = rescompiler.load_spec(path)
+            times = interleaved_medians(
+                {
+                    "front end": lambda path=path: rescompiler.load_spec(path),
+                    "emit": lambda spec=spec: rescompiler.emit(spec, "torch"),
+                },
+                repeats,
+                warmup=1,
+            )
+            label = "10,000-layer spec" if path.stem == "deep10000" else spec.name
+            rows.append(
+                {
+                    "benchmark": f"front end + emit {label}",
+                    "layers": len(spec.graph.nodes),
+                    "front_end_ms": round(times["front end"] * 1e3, 1),
+                    "emit_ms": round(times["emit"] * 1e3, 1),
+                    "total_ms": round((times["front end"] + times["emit"]) * 1e3, 1),
+                }
+            )
+    return rows
+
+
+def cold_start_rows(repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for flag in ("--check", "--summary"):
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "rescompiler", "specs/resnet50.yaml", flag],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+            samples.append(time.perf_counter() - start)
+        samples.sort()
+        rows.append(
+            {
+                "benchmark": f"cold start rescompile {flag}",
+                "ms": round(samples[len(samples) // 2] * 1e3, 1),
+            }
+        )
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"Machine: {results['machine']}", ""]
+    for section, rows in results["sections"].items():
+        if not rows:
+            continue
+        lines.append(f"### {section}")
+        lines.append("")
+        keys = list(rows[0])
+        lines.append("| " + " | ".join(keys) + " |")
+        lines.append("|" + "---|" * len(keys))
+        for row in rows:
+            lines.append("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    quick = args.quick
+    forward_repeats = {1: 5 if quick else 21, 8: 3 if quick else 9}
+    sections: dict[str, list[dict[str, Any]]] = {"torch forward (eval, no_grad, CPU)": []}
+    for name in ("resnet50", "densenet121"):
+        if (ROOT / "specs" / f"{name}.yaml").exists():
+            sections["torch forward (eval, no_grad, CPU)"] += forward_rows(name, forward_repeats)
+    sections["torch training step (forward + backward + SGD)"] = train_rows(
+        "resnet50", 3 if quick else 9
+    )
+    sections["build time"] = build_rows("resnet50", 3 if quick else 11)
+    sections["front end + emit"] = front_end_rows(3 if quick else 11)
+    sections["cold start"] = cold_start_rows(3 if quick else 9)
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, torch {torch.__version__}",
+        "sections": sections,
+    }
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / "results.md").write_text(markdown(results) + "\n")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
