@@ -6,6 +6,7 @@ import types
 from typing import Any
 
 from .emit import emit_source
+from .weights import export_weights, import_weights  # noqa: F401  (torch imported on use)
 
 
 def emit(spec: Any, **options: Any) -> str:

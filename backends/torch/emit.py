@@ -90,7 +90,7 @@ class BodyEmitter:
     def assign(self, indent: int, local: str, value: Call | str) -> list[str]:
         if self.owner == "self":
             return layout(indent, f"self.{local} = ", value)
-        return layout(indent, "", Call(f"{self.owner}.add_module", (repr(local), value)))
+        return layout(indent, "", Call(f"{self.owner}.add_module", (json.dumps(local), value)))
 
     def local_name(self, node: Any, index: int) -> str:
         if isinstance(node, Group):
@@ -115,7 +115,7 @@ class BodyEmitter:
         if op in ("conv", "conv_transpose"):
             cls = "nn.Conv2d" if op == "conv" else "nn.ConvTranspose2d"
             out = py(node.out)  # type: ignore[attr-defined]
-            args: list[str] = [cin, out, f"kernel_size={_pair(node.kernel)}"]  # type: ignore[attr-defined]
+            args: list[str] = [unwrap(cin), out, f"kernel_size={_pair(node.kernel)}"]  # type: ignore[attr-defined]
             for name, neutral in (
                 ("stride", 1),
                 ("padding", 0),
@@ -138,7 +138,7 @@ class BodyEmitter:
         if op == "bn":
             rank = {len(n.shape) for n in self.s.instances.get(f"{self.path}[{index}]", [])}
             cls = "nn.BatchNorm1d" if rank == {1} else "nn.BatchNorm2d"
-            args = [cin]
+            args = [unwrap(cin)]
             if self.default(node, "eps") != 1e-5:
                 args.append(f"eps={py(self.default(node, 'eps'))}")
             if self.default(node, "momentum") != 0.1:
@@ -148,7 +148,7 @@ class BodyEmitter:
             return Call(cls, tuple(args)), cin
         if op == "linear":
             out = py(node.out)  # type: ignore[attr-defined]
-            args = [cin, out]
+            args = [unwrap(cin), out]
             if self.default(node, "bias") is not True:
                 args.append(f"bias={py(self.default(node, 'bias'))}")
             return Call("nn.Linear", tuple(args)), out
@@ -175,7 +175,7 @@ class BodyEmitter:
             if node.keepdims is True and kind == "avg":  # type: ignore[attr-defined]
                 return "nn.AdaptiveAvgPool2d(1)", cin
             self.s.helpers.add("GlobalPool")
-            return Call("GlobalPool", (repr(kind), f"keepdims={py(node.keepdims)}")), cin  # type: ignore[attr-defined]
+            return Call("GlobalPool", (json.dumps(kind), f"keepdims={py(node.keepdims)}")), cin  # type: ignore[attr-defined]
         if op == "zeropad":
             t, b, left, r = self.pad4(node.padding)  # type: ignore[attr-defined]
             return Call("nn.ZeroPad2d", (f"({left}, {r}, {t}, {b})",)), cin
@@ -214,7 +214,7 @@ class BodyEmitter:
         if value == "valid":
             return None
         if value == "same":
-            return "'same'"
+            return '"same"'
         if isinstance(value, list) and len(value) == 4:
             t, b, left, r = value
             if t != b or left != r:
@@ -358,7 +358,8 @@ class BodyEmitter:
         out_chan = self.emit_module(node, index, local, indent, cin, names)
         if cond is not None:
             self.s.init += ["        else:", f"            self.{local} = None"]
-            out_chan = f"({out_chan} if self.{local} is not None else {self.channels[alt]})"
+            if out_chan != self.channels[alt]:
+                out_chan = f"({out_chan} if self.{local} is not None else {self.channels[alt]})"
         call = self.call_source(node, local, in_vars)
         alt_var = self.vars[alt]
         var, reused = self.choose_var(
@@ -399,7 +400,7 @@ class BodyEmitter:
 
     def block_args(self, node: BlockCall, names: list[str]) -> list[str]:
         template: BlockTemplate = self.s.spec.model.blocks[node.block]
-        args = [self.channels[n] for n in names]
+        args = [unwrap(self.channels[n]) for n in names]
         for key in template.params:
             if key in node.args:
                 args.append(f"{key}={py(node.args[key])}")
@@ -419,7 +420,7 @@ class BodyEmitter:
         stage = self.attr_ref(local)
         chan = self.s.init_ns.create(f"{local}_channels")
         self.s.init += self.assign(indent, local, "nn.Sequential()")
-        self.s.init.append(f"{pad}{chan} = {self.channels[names[0]]}")
+        self.s.init.append(f"{pad}{chan} = {unwrap(self.channels[names[0]])}")
         self.s.init.append(f"{pad}n = {py(node.repeat)}")
         self.s.init.append(f"{pad}for i in range(n):")
         saved = self.channels[names[0]]
@@ -464,7 +465,7 @@ class BodyEmitter:
         if cond is not None:
             self.s.init.append(" " * indent + f"if {cond}:")
             out = self.emit_module(node, index, local, indent + 4, cin, names)
-            out = f"({out} if {cond} else {cin})"
+            out = out if out == cin else f"({out} if {cond} else {cin})"
         else:
             out = self.emit_module(node, index, local, indent, cin, names)
         self.channels[local] = out
@@ -506,7 +507,7 @@ def emit_class(spec: Any, scope: Scope, name: str, template: BlockTemplate) -> d
             " -> None:",
         ),
         "init": scope.init,
-        "out_channels": emitter.channels[out],
+        "out_channels": unwrap(emitter.channels[out]),
         "forward_signature": layout(
             4,
             "def ",
@@ -577,6 +578,19 @@ def emit_source(spec: Any) -> str:
             "INITIALISERS[" in line for b in [*blocks, {"init": scope.init}] for line in b["init"]
         ),
     )
+
+
+def unwrap(expr: str) -> str:
+    """Drop one pair of parentheses around a whole expression."""
+    if not (expr.startswith("(") and expr.endswith(")")):
+        return expr
+    depth = 0
+    for k, ch in enumerate(expr):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0 and k < len(expr) - 1:
+            return expr
+    return expr[1:-1]
 
 
 def annotation(value: Any) -> str:

@@ -1,0 +1,162 @@
+"""Weights of a Keras model in torch layout, keyed by IR node: what ``transfer_weights`` moves.
+
+``export_weights(spec, model)`` returns ``{node_id: {"weight": ..., "bias": ...,
+"running_mean": ..., "running_var": ...}}`` as numpy arrays shaped as torch shapes them;
+``import_weights(spec, model, weights)`` sets a Keras model from such a dict. Layers are found
+by their Keras name (``node.names["keras"]``).
+
+Layouts: conv kernels HWIO ↔ torch OIHW (``permute(2, 3, 1, 0)``); transposed-conv kernels
+(kh, kw, out, in) ↔ torch (in, out, kh, kw), the same permutation, no flip; dense kernels
+(in, out) ↔ torch (out, in); BN gamma/beta/moving_mean/moving_variance ↔
+weight/bias/running_mean/running_var. A spatial flatten orders features (h, w, c) in Keras and
+(c, h, w) in torch: the features of the layers after it (dense inputs, 1-D BN) are permuted.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+ELEMENTWISE_1D = {
+    "relu",
+    "relu6",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "silu",
+    "leaky_relu",
+    "identity",
+    "dropout",
+    "softmax",
+    "bn",
+}
+
+
+def feature_orders(graph: Any) -> dict[str, np.ndarray]:
+    """For each 1-D node whose Keras feature order differs from torch's: ``perm`` with
+    ``keras_features == torch_features[perm]``."""
+    import numpy as np
+
+    orders: dict[str, np.ndarray] = {}
+    for node in graph.nodes:
+        shapes = [graph.shape_of(i) for i in node.inputs]
+        if node.op == "flatten" and len(shapes[0]) == 3:
+            c, h, w = shapes[0]
+            if h * w > 1 and c > 1:
+                orders[node.id] = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+        elif len(node.shape) == 1 and node.op in ELEMENTWISE_1D and node.inputs[0] in orders:
+            orders[node.id] = orders[node.inputs[0]]
+        elif len(node.shape) == 1 and node.op == "add":
+            found = [orders.get(i) for i in node.inputs]
+            if any(p is not None for p in found):
+                first = next(p for p in found if p is not None)
+                if not all(p is not None and np.array_equal(p, first) for p in found):
+                    raise ValueError(f"{node.id}: adds vectors flattened in different orders")
+                orders[node.id] = first
+        elif len(node.shape) == 1 and node.op == "concat" and any(i in orders for i in node.inputs):
+            parts, offset = [], 0
+            for i, shape in zip(node.inputs, shapes, strict=True):
+                parts.append(orders.get(i, np.arange(shape[0])) + offset)
+                offset += shape[0]
+            orders[node.id] = np.concatenate(parts)
+    return orders
+
+
+def _layer(model: Any, node: Any) -> Any:
+    name = node.names["keras"]
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        raise KeyError(f"{node.id}: the Keras model has no layer {name!r}") from None
+
+
+def _numpy(variable: Any) -> np.ndarray:
+    import numpy as np
+
+    return np.array(variable.numpy(), dtype=np.float32)
+
+
+def export_weights(spec: Any, model: Any) -> dict[str, dict[str, np.ndarray]]:
+    """Every parameter and BN statistic of a Keras model built from ``spec``, in torch layout."""
+    import numpy as np
+
+    graph = spec.graph
+    orders = feature_orders(graph)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for node in graph.nodes:
+        if node.params + node.stats == 0:
+            continue
+        layer = _layer(model, node)
+        tensors: dict[str, np.ndarray] = {}
+        perm = orders.get(node.inputs[0])
+        if node.op in ("conv", "conv_transpose"):
+            tensors["weight"] = _numpy(layer.kernel).transpose(3, 2, 0, 1)
+        elif node.op == "linear":
+            kernel = _numpy(layer.kernel)  # (in, out), inputs in Keras order
+            weight = np.empty_like(kernel.T)
+            if perm is None:
+                weight[...] = kernel.T
+            else:
+                weight[:, perm] = kernel.T
+            tensors["weight"] = weight
+        if node.op in ("conv", "conv_transpose", "linear") and layer.use_bias:
+            tensors["bias"] = _numpy(layer.bias)
+        if node.op == "bn":
+            pairs = [("running_mean", layer.moving_mean), ("running_var", layer.moving_variance)]
+            if layer.scale:
+                pairs.append(("weight", layer.gamma))
+            if layer.center:
+                pairs.append(("bias", layer.beta))
+            for key, variable in pairs:
+                value = _numpy(variable)
+                if perm is not None:
+                    restored = np.empty_like(value)
+                    restored[perm] = value
+                    value = restored
+                tensors[key] = value
+        out[node.id] = tensors
+    return out
+
+
+def _assign(node: Any, key: str, variable: Any, value: np.ndarray) -> None:
+    import numpy as np
+
+    shape = tuple(variable.shape)
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{node.id}.{key}: Keras expects shape {shape}, got {value.shape}")
+    variable.assign(np.ascontiguousarray(value, dtype=np.float32))
+
+
+def import_weights(spec: Any, model: Any, weights: dict[str, dict[str, Any]]) -> None:
+    """Set a Keras model built from ``spec`` from torch-layout ``weights`` (every node)."""
+    import numpy as np
+
+    graph = spec.graph
+    orders = feature_orders(graph)
+    for node in graph.nodes:
+        if node.params + node.stats == 0:
+            continue
+        if node.id not in weights:
+            raise KeyError(f"no weights for {node.id}")
+        tensors = {k: np.asarray(v, dtype=np.float32) for k, v in weights[node.id].items()}
+        layer = _layer(model, node)
+        perm = orders.get(node.inputs[0])
+        if node.op in ("conv", "conv_transpose"):
+            _assign(node, "weight", layer.kernel, tensors["weight"].transpose(2, 3, 1, 0))
+        elif node.op == "linear":
+            weight = tensors["weight"]
+            kernel = (weight if perm is None else weight[:, perm]).T
+            _assign(node, "weight", layer.kernel, kernel)
+        if node.op in ("conv", "conv_transpose", "linear") and layer.use_bias:
+            _assign(node, "bias", layer.bias, tensors["bias"])
+        if node.op == "bn":
+            pairs = [("running_mean", layer.moving_mean), ("running_var", layer.moving_variance)]
+            if layer.scale:
+                pairs.append(("weight", layer.gamma))
+            if layer.center:
+                pairs.append(("bias", layer.beta))
+            for key, variable in pairs:
+                value = tensors[key]
+                _assign(node, key, variable, value if perm is None else value[perm])

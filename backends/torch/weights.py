@@ -1,0 +1,67 @@
+"""Weights of a torch model keyed by IR node, in torch layout: what ``transfer_weights`` moves.
+
+``export_weights(spec, model)`` returns ``{node_id: {"weight": ..., "bias": ...,
+"running_mean": ..., "running_var": ...}}`` as float32 numpy arrays; ``import_weights(spec,
+model, weights)`` copies such a dict into a torch model. A node's id is its module path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _module(model: torch.nn.Module, node: Any) -> torch.nn.Module:
+    """The submodule a node's id names."""
+    try:
+        return model.get_submodule(node.id)
+    except AttributeError:
+        raise KeyError(f"the torch model has no module {node.id!r}") from None
+
+
+def export_weights(spec: Any, model: torch.nn.Module) -> dict[str, dict[str, np.ndarray]]:
+    """Every parameter and BN statistic of a torch model built from ``spec``."""
+    import torch
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for node in spec.graph.nodes:
+        if node.params + node.stats == 0:
+            continue
+        module = _module(model, node)
+        tensors = {}
+        for key in TENSORS:
+            value = getattr(module, key, None)
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value.detach().to("cpu", torch.float32).numpy().copy()
+        out[node.id] = tensors
+    return out
+
+
+def import_weights(spec: Any, model: torch.nn.Module, weights: dict[str, dict[str, Any]]) -> None:
+    """Copy torch-layout ``weights`` (every node with parameters or statistics) into ``model``."""
+    import numpy as np
+    import torch
+
+    for node in spec.graph.nodes:
+        if node.params + node.stats == 0:
+            continue
+        if node.id not in weights:
+            raise KeyError(f"no weights for {node.id}")
+        module = _module(model, node)
+        for key in TENSORS:
+            target = getattr(module, key, None)
+            if not isinstance(target, torch.Tensor):
+                continue
+            value = torch.as_tensor(np.asarray(weights[node.id][key], dtype=np.float32))
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{node.id}.{key}: torch expects shape {tuple(target.shape)}, "
+                    f"got {tuple(value.shape)}"
+                )
+            with torch.no_grad():
+                target.copy_(value.to(target.device, target.dtype))
