@@ -180,3 +180,16 @@ def test_generated_module_runs_without_rescompiler(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_spatial_flatten_sizes_the_next_layer(write_spec) -> None:
+    path = write_spec(
+        "version: 1\nname: flat\ninput_shape: [3, 5, 4]\n"
+        "body:\n  - {op: conv, out: 4, kernel: 1}\n  - {op: flatten}\n"
+        "  - {op: bn}\n  - {op: linear, out: 6}\n"
+    )
+    spec = rescompiler.load_spec(path)
+    model = rescompiler.build(spec, "torch").eval()
+    assert sum(p.numel() for p in model.parameters()) == spec.graph.params
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 5, 4)).shape == (2, 6)

@@ -152,6 +152,17 @@ class BodyEmitter:
             if self.default(node, "bias") is not True:
                 args.append(f"bias={py(self.default(node, 'bias'))}")
             return Call("nn.Linear", tuple(args)), out
+        if op == "flatten":
+            sizes = {n.shape for n in self.s.instances.get(f"{self.path}[{index}]", [])}
+            inputs = {
+                self.s.spec.graph.shape_of(n.inputs[0])
+                for n in self.s.instances.get(f"{self.path}[{index}]", [])
+            }
+            if any(len(shape) == 3 and shape[1:] != (1, 1) for shape in inputs) and len(sizes) == 1:
+                # a spatial flatten: its width depends on the input size, known for this spec's
+                # input_shape only, so it is written as a number
+                return "nn.Flatten()", str(next(iter(sizes))[0])
+            return "nn.Flatten()", cin
         if op in ACTIVATIONS:
             return f"{ACTIVATIONS[op]}()", cin
         if op == "leaky_relu":
