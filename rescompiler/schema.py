@@ -65,7 +65,7 @@ class NodeBase(Strict):
     """Fields every node has."""
 
     name: Ident | None = Field(None, description="node name; the torch attribute name")
-    inputs: Ident | list[Ident] | None = Field(
+    inputs: Ident | Annotated[list[Ident], Field(min_length=1)] | None = Field(
         None, description="producer node(s); default: the previous node (or the block input)"
     )
     when: BoolExpr | None = Field(

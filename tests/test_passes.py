@@ -290,3 +290,9 @@ def test_recursive_blocks_are_rejected(write_spec: Writer) -> None:
     )
     err = errors_of(write_spec(text))
     assert "uses itself (a -> b -> a)" in err.message
+
+
+def test_empty_inputs_list_is_an_error(write_spec: Writer) -> None:
+    # shrunk from a fuzz failure: `inputs: []` crashed the expander with IndexError
+    err = errors_of(write_spec(HEADER + "body:\n  - {op: relu}\n  - {op: add, inputs: []}\n"))
+    assert err.line == 6 and "inputs" in err.path
