@@ -8,11 +8,13 @@ import io
 import json
 import keyword
 import re
+import textwrap
 import tokenize
 from collections.abc import Iterable
 from typing import Any
 
 from .expr import parse_expr, template_parts
+from .pyformat import LINE_LENGTH
 from .schema import BlockCall, BlockTemplate, Group, NodeBase, SpecModel
 
 NOT_EXPRESSIONS = {"name", "inputs", "otherwise", "doc", "op", "block", "group", "mode", "names"}
@@ -193,3 +195,37 @@ def used_blocks(spec: SpecModel) -> list[str]:
         if isinstance(node, BlockCall):
             visit(node.block, ())
     return order
+
+
+def annotation(value: Any) -> str:
+    """Type annotation for a param judged by its default value."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list | tuple):
+        return "Sequence[int]" if all(isinstance(v, int) for v in value) else "Sequence[Any]"
+    return "Any"
+
+
+def docstring(text: str, indent: int = 4) -> str:
+    """A docstring literal at ``indent`` that stays within the line length."""
+    pad = " " * indent
+    width = LINE_LENGTH - indent - 6
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        lines += textwrap.wrap(paragraph, width) or [""]
+    if len(lines) == 1 and len(lines[0]) <= width:
+        return f'"""{lines[0]}"""'
+    body = "\n".join(pad + line if line else "" for line in lines[1:])
+    return f'"""{lines[0]}\n{body}\n{pad}"""'
+
+
+def clean(text: str) -> str:
+    """Make text safe inside a triple-quoted docstring."""
+    cleaned = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in text)
+    return cleaned.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').strip()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,18 @@ from typing import Any
 import jinja2
 
 from rescompiler.attrs import BUILTIN_DEFAULTS
-from rescompiler.codegen import Namespace, camel, literal, py, used_blocks, value_names, walk
+from rescompiler.codegen import (
+    Namespace,
+    annotation,
+    camel,
+    clean,
+    docstring,
+    literal,
+    py,
+    used_blocks,
+    value_names,
+    walk,
+)
 from rescompiler.errors import Location, SpecError, format_path
 from rescompiler.expr import template_parts
 from rescompiler.ir import INPUT
@@ -125,40 +135,6 @@ def is_neutral(value: Any, neutral: int) -> bool:
     if isinstance(value, list):
         return all(is_neutral(v, neutral) for v in value)
     return value is not True and value is not False and value == neutral
-
-
-def annotation(value: Any) -> str:
-    """Type annotation for a param judged by its default value."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, list | tuple):
-        return "Sequence[int]" if all(isinstance(v, int) for v in value) else "Sequence[Any]"
-    return "Any"
-
-
-def docstring(text: str, indent: int = 4) -> str:
-    """A docstring literal at ``indent`` that stays within the line length."""
-    pad = " " * indent
-    width = LINE_LENGTH - indent - 6
-    lines: list[str] = []
-    for paragraph in text.split("\n"):
-        lines += textwrap.wrap(paragraph, width) or [""]
-    if len(lines) == 1 and len(lines[0]) <= width:
-        return f'"""{lines[0]}"""'
-    body = "\n".join(pad + line if line else "" for line in lines[1:])
-    return f'"""{lines[0]}\n{body}\n{pad}"""'
-
-
-def clean(text: str) -> str:
-    """Make text safe inside a triple-quoted docstring."""
-    cleaned = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in text)
-    return cleaned.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').strip()
 
 
 def parenthesise(source: str) -> str:

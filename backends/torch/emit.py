@@ -6,14 +6,24 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from rescompiler.codegen import Namespace, camel, fstring, global_names, literal, py, used_blocks
+from rescompiler.codegen import (
+    Namespace,
+    annotation,
+    camel,
+    docstring,
+    fstring,
+    global_names,
+    literal,
+    py,
+    used_blocks,
+)
+from rescompiler.codegen import clean as _docstring
 from rescompiler.errors import SpecError
 from rescompiler.ir import IRNode
 from rescompiler.pyformat import Call, layout
@@ -604,34 +614,6 @@ def unwrap(expr: str) -> str:
     return expr[1:-1]
 
 
-def annotation(value: Any) -> str:
-    """Type annotation for a param judged by its default value."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, list | tuple):
-        return "Sequence[int]" if all(isinstance(v, int) for v in value) else "Sequence[Any]"
-    return "Any"
-
-
-def docstring(text: str, indent: int = 4) -> str:
-    """A docstring literal at ``indent`` that stays within the line length."""
-    pad = " " * indent
-    width = 100 - indent - 6
-    lines: list[str] = []
-    for paragraph in text.split("\n"):
-        lines += textwrap.wrap(paragraph, width) or [""]
-    if len(lines) == 1 and len(lines[0]) <= width:
-        return f'"""{lines[0]}"""'
-    body = "\n".join(pad + line if line else "" for line in lines[1:])
-    return f'"""{lines[0]}\n{body}\n{pad}"""'
-
-
 ENVIRONMENT = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
     trim_blocks=True,
@@ -641,9 +623,3 @@ ENVIRONMENT = jinja2.Environment(
     autoescape=False,
 )
 ENVIRONMENT.filters["docstring"] = docstring
-
-
-def _docstring(text: str) -> str:
-    """Make text safe inside a triple-quoted docstring."""
-    cleaned = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in text)
-    return cleaned.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').strip()
