@@ -10,7 +10,7 @@ import keyword
 import re
 import textwrap
 import tokenize
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .expr import parse_expr, template_parts
@@ -148,9 +148,18 @@ def walk(body: Iterable[Any]) -> Iterable[Any]:
             yield from walk(node.body)
 
 
-def global_names(spec: SpecModel, init_names: Iterable[str] = ()) -> dict[str, list[str]]:
+def global_names(
+    spec: SpecModel,
+    init_names: Iterable[str] = (),
+    reads: Callable[[Any], set[str]] | None = None,
+) -> dict[str, list[str]]:
     """For each block template, the model-level names (params, lets) it reads, transitively
-    through the blocks it uses, sorted. Emitted blocks take them as keyword arguments."""
+    through the blocks it uses, sorted. Emitted blocks take them as keyword arguments.
+
+    ``reads`` gives the names one node reads (default: its expressions); a backend that also
+    emits name templates passes a reader that includes them.
+    """
+    reads = reads or node_names
     model_names = set(spec.params) | set(spec.let)
     ignore = set(init_names)
     direct: dict[str, set[str]] = {}
@@ -161,7 +170,7 @@ def global_names(spec: SpecModel, init_names: Iterable[str] = ()) -> dict[str, l
         for value in [*template.params.values(), *template.let.values()]:
             used |= value_names(value)
         for node in walk(template.body):
-            used |= node_names(node)
+            used |= reads(node)
         direct[name] = (used - local - ignore) & model_names
         calls[name] = {n.block for n in walk(template.body) if isinstance(n, BlockCall)}
     result: dict[str, list[str]] = {}

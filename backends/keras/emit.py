@@ -39,11 +39,11 @@ from rescompiler.codegen import (
     camel,
     clean,
     docstring,
+    global_names,
     literal,
     py,
     used_blocks,
     value_names,
-    walk,
 )
 from rescompiler.errors import Location, SpecError, format_path
 from rescompiler.expr import template_parts
@@ -149,36 +149,6 @@ def template_names(template: str) -> set[str]:
     )
 
 
-def keras_globals(spec: SpecModel) -> dict[str, list[str]]:
-    """For each block template, the model-level names (params, lets) it reads, transitively
-    through the blocks it uses, sorted: its expressions, ``init`` expressions and name
-    templates. Emitted block functions take them as keyword arguments."""
-    model_names = set(spec.params) | set(spec.let)
-    direct: dict[str, set[str]] = {}
-    calls: dict[str, set[str]] = {}
-    for name, template in spec.blocks.items():
-        local = set(template.params) | set(template.let) | {"in_channels"}
-        used: set[str] = set()
-        for value in template.let.values():
-            used |= value_names(value)
-        for node in walk(template.body):
-            used |= node_reads(node)
-        direct[name] = (used - local) & model_names
-        calls[name] = {n.block for n in walk(template.body) if isinstance(n, BlockCall)}
-    result: dict[str, list[str]] = {}
-    for name in spec.blocks:
-        seen, stack, names = {name}, [name], set()
-        while stack:
-            current = stack.pop()
-            names |= direct.get(current, set())
-            for callee in calls.get(current, ()):
-                if callee not in seen and callee in spec.blocks:
-                    seen.add(callee)
-                    stack.append(callee)
-        result[name] = sorted(names)
-    return result
-
-
 def node_reads(node: Any) -> set[str]:
     """Every name one node's expressions and name templates read (not its children's)."""
     when = value_names(node.when) if node.when is not None else set()
@@ -254,7 +224,7 @@ class ModuleEmitter:
     def __init__(self, spec: Any) -> None:
         self.spec = spec
         self.model: SpecModel = spec.model
-        self.globals_of = keras_globals(self.model)
+        self.globals_of = global_names(self.model, reads=node_reads)
         self.helpers: set[str] = set()
         self.needs_init = False
         variables = {*self.model.params, *self.model.let}
