@@ -6,12 +6,14 @@ Importing this package imports neither torch nor tensorflow; backends load on fi
 from .api import Spec, build, compile_spec, emit, load_spec, transfer_weights
 from .errors import Diagnostic, Location, SpecError
 from .summary import Summary, summarize
+from .verifier import Report, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Diagnostic",
     "Location",
+    "Report",
     "Spec",
     "SpecError",
     "Summary",
@@ -21,4 +23,5 @@ __all__ = [
     "load_spec",
     "summarize",
     "transfer_weights",
+    "verify",
 ]

@@ -102,6 +102,11 @@ def write_atomic(target: Path, text: str) -> None:
         raise
 
 
+def output_name(name: str, backend: str, optimize: str | None = None, **_: Any) -> str:
+    """File name of an emitted module: ``resnet50_torch.py``, ``resnet50_torch_inference.py``."""
+    return f"{name}_{backend}{'_' + optimize if optimize else ''}.py"
+
+
 def compile_spec(
     path: str | os.PathLike[str],
     backend: str = "torch",
@@ -109,10 +114,13 @@ def compile_spec(
     overrides: dict[str, Any] | None = None,
     **options: Any,
 ) -> Path:
-    """Emit ``<out_dir>/<name>_<backend>.py`` atomically and return its path."""
+    """Emit ``<out_dir>/<name>_<backend>.py`` atomically and return its path.
+
+    With ``optimize="inference"`` the file is ``<name>_<backend>_inference.py``.
+    """
     spec = load_spec(path, overrides)
     source = emit(spec, backend, **options)
-    target = Path(out_dir) / f"{spec.name}_{backend}.py"
+    target = Path(out_dir) / output_name(spec.name, backend, **options)
     write_atomic(target, source)
     return target
 

@@ -41,14 +41,32 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("spec", help="spec file (.yaml, .yml or .json), or 'schema'")
     parser.add_argument("--backend", help="compile with this backend (torch, keras)")
     parser.add_argument(
-        "-o", "--out", default="generated", help="output directory, or - for stdout"
+        "-o",
+        "--out",
+        help="output directory (default generated), or - for stdout; with --convert the file",
     )
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument("--check", action="store_true", help="validate only; write nothing")
     actions.add_argument("--summary", action="store_true", help="layer table with totals")
     actions.add_argument("--graph", choices=["mermaid", "dot"], help="diagram source to stdout")
+    actions.add_argument(
+        "--verify",
+        action="store_true",
+        help="build torch and keras, directly and from source; compare outputs on random weights",
+    )
+    actions.add_argument(
+        "--convert", metavar="CHECKPOINT", help="port a checkpoint to the framework --to names"
+    )
+    parser.add_argument("--to", choices=["torch", "keras"], help="--convert: target framework")
+    parser.add_argument("--device", default="cpu", help="--verify: torch device (cpu, cuda)")
+    parser.add_argument("--seed", type=int, default=0, help="--verify: random seed")
     parser.add_argument(
-        "--format", choices=["text", "json"], default="text", help="--summary format"
+        "--optimize",
+        choices=["inference"],
+        help="with --backend: emit a deployment module (BatchNorm folded, ...)",
+    )
+    parser.add_argument(
+        "--format", choices=["text", "json"], default="text", help="--summary/--verify format"
     )
     parser.add_argument(
         "--collapse", action="store_true", help="--graph: one box per block instance"
@@ -97,14 +115,9 @@ def run(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"rescompile: error: {exc}", file=sys.stderr)
         return Exit.USAGE
-    if not (args.check or args.summary or args.graph or args.backend):
-        print("rescompile: error: give --backend, --check, --summary or --graph", file=sys.stderr)
-        return Exit.USAGE
-    if args.backend and (args.check or args.summary or args.graph):
-        print(
-            "rescompile: error: --backend cannot be combined with --check/--summary/--graph",
-            file=sys.stderr,
-        )
+    problem = _usage_problem(args)
+    if problem:
+        print(f"rescompile: error: {problem}", file=sys.stderr)
         return Exit.USAGE
     try:
         spec = api.load_spec(args.spec, overrides)
@@ -131,16 +144,79 @@ def run(argv: list[str] | None = None) -> int:
         render = to_mermaid if args.graph == "mermaid" else to_dot
         sys.stdout.write(render(spec.graph, collapse=args.collapse))
         return Exit.OK
-    return _compile(spec, args.backend, args.out)
+    if args.verify:
+        return _verify(spec, args.device, args.seed, args.format)
+    if args.convert:
+        return _convert(spec, args.convert, args.to, args.out)
+    options = {"optimize": args.optimize} if args.optimize else {}
+    return _compile(spec, args.backend, args.out or "generated", options)
 
 
-def _compile(spec: Any, backend: str, out: str) -> int:
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of options, or None."""
+    if not any((args.check, args.summary, args.graph, args.backend, args.verify, args.convert)):
+        return "give --backend, --check, --summary, --graph, --verify or --convert"
+    if args.backend and (args.check or args.summary or args.graph or args.verify or args.convert):
+        return "--backend cannot be combined with --check/--summary/--graph/--verify/--convert"
+    if args.convert and not (args.to and args.out):
+        return "--convert needs --to torch|keras and -o OUTPUT_FILE"
+    if args.to and not args.convert:
+        return "--to only goes with --convert"
+    if args.optimize and not args.backend:
+        return "--optimize only goes with --backend"
+    if args.convert and args.out == "-":
+        return "--convert writes a binary file: give -o FILE, not -"
+    return None
+
+
+def _verify(spec: Any, device: str, seed: int, fmt: str) -> int:
+    from .registry import BackendError
+    from .verifier import VerifyError, verify
+
+    try:
+        report = verify(spec, device=device, seed=seed)
+    except (VerifyError, BackendError) as exc:
+        print(f"rescompile: error: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    except ImportError as exc:
+        print(f"rescompile: error: --verify needs torch and keras ({exc})", file=sys.stderr)
+        return Exit.USAGE
+    if fmt == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        sys.stdout.write(report.to_text())
+    return Exit.OK if report.ok else Exit.SPEC_ERROR
+
+
+def _convert(spec: Any, checkpoint: str, to: str, out: str) -> int:
+    from .convert import ConvertError, convert_weights
+    from .registry import BackendError
+
+    try:
+        target = convert_weights(spec, checkpoint, to, out)
+    except ConvertError as exc:
+        print(f"rescompile: error: {exc}", file=sys.stderr)
+        return Exit.SPEC_ERROR
+    except (ValueError, BackendError) as exc:
+        print(f"rescompile: error: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    except ImportError as exc:
+        print(f"rescompile: error: --convert needs torch and keras ({exc})", file=sys.stderr)
+        return Exit.USAGE
+    except OSError as exc:
+        print(f"rescompile: error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return Exit.USAGE
+    print(target)
+    return Exit.OK
+
+
+def _compile(spec: Any, backend: str, out: str, options: dict[str, Any]) -> int:
     from . import api
     from .errors import SpecError
     from .registry import BackendError
 
     try:
-        source = api.emit(spec, backend)
+        source = api.emit(spec, backend, **options)
     except BackendError as exc:
         print(f"rescompile: error: {exc}", file=sys.stderr)
         return Exit.USAGE
@@ -150,7 +226,7 @@ def _compile(spec: Any, backend: str, out: str) -> int:
     if out == "-":
         sys.stdout.write(source)
         return Exit.OK
-    target = Path(out) / f"{spec.name}_{backend}.py"
+    target = Path(out) / api.output_name(spec.name, backend, **options)
     try:
         api.write_atomic(target, source)
     except OSError as exc:
