@@ -125,19 +125,42 @@ def compile_spec(
     return target
 
 
+class TransferError(ValueError):
+    """A model given to :func:`transfer_weights` was not built from the spec."""
+
+
 def transfer_weights(spec: Spec | str | os.PathLike[str], src_model: Any, dst_model: Any) -> None:
-    """Copy every parameter and BN statistic from ``src_model`` to ``dst_model`` (any backends)."""
+    """Copy every parameter and BN statistic from ``src_model`` to ``dst_model`` (any backends).
+
+    Weights move by IR node (a torch module path, a Keras layer name), not by layer order.
+    Raises :class:`TransferError` when either model does not belong to ``spec``: a layer the
+    spec names is missing, has another shape, or the model holds weights the spec does not know.
+    """
     from .registry import backend_of, get_backend
 
     spec = _as_spec(spec)
-    src = get_backend(backend_of(src_model))
-    dst = get_backend(backend_of(dst_model))
-    dst.import_weights(spec, dst_model, src.export_weights(spec, src_model))
+    src_name, dst_name = backend_of(src_model), backend_of(dst_model)
+    src, dst = get_backend(src_name), get_backend(dst_name)
+    try:
+        weights = src.export_weights(spec, src_model)
+    except (KeyError, ValueError) as exc:
+        detail = exc.args[0] if exc.args else exc
+        raise TransferError(
+            f"{spec.file}: the source {src_name} model was not built from this spec: {detail}"
+        ) from None
+    try:
+        dst.import_weights(spec, dst_model, weights)
+    except (KeyError, ValueError) as exc:
+        detail = exc.args[0] if exc.args else exc
+        raise TransferError(
+            f"{spec.file}: the target {dst_name} model was not built from this spec: {detail}"
+        ) from None
 
 
 __all__ = [
     "Spec",
     "SpecError",
+    "TransferError",
     "build",
     "compile_spec",
     "emit",

@@ -184,6 +184,7 @@ class Function:
     lines: list[str] = field(default_factory=list)
     used: set[str] = field(default_factory=set)
     loop_names: dict[str, str] = field(default_factory=dict)
+    generic: tuple[str, ...] = GENERIC_VARS  # those not taken by a param or let of the spec
 
     def src(self, value: Any, rename: dict[str, str] | None = None) -> str:
         """Python source of a spec value; remembers the names it reads."""
@@ -427,7 +428,7 @@ class BodyEmitter:
         if dying:
             return dying[0]
         if self.last.get(p.local, -1) == index + 1:
-            for var in GENERIC_VARS:
+            for var in self.fn.generic:
                 if self.free(var, index):
                     return var
         return self.fn.ns.create(p.local if not p.local.isdigit() else f"out{p.local}")
@@ -693,7 +694,10 @@ class BodyEmitter:
     ) -> list[tuple[str | None, str, list[str]]]:
         src, pair = self.fn.src, self.fn.pair
         args = [src(node.out), pair(node.kernel)]
-        if not is_neutral(node.stride, 1):
+        # Keras refuses strides > 1 with dilation > 1: convolve at stride 1, then keep every
+        # stride-th row and column, which is what a strided convolution computes
+        subsample = not is_neutral(node.stride, 1) and not is_neutral(node.dilation, 1)
+        if not is_neutral(node.stride, 1) and not subsample:
             args.append(f"strides={pair(node.stride)}")
         chain: list[tuple[str | None, str, list[str]]] = []
         padding = node.padding
@@ -716,6 +720,8 @@ class BodyEmitter:
         fan_in = self.times_kernel(fan_in, node.kernel)
         args += self.init_args(node, bias, fan_in)
         chain.append((None, "layers.Conv2D", args))
+        if subsample:
+            chain.append(("_stride", "layers.MaxPooling2D", ["1", f"strides={pair(node.stride)}"]))
         return chain
 
     def times_kernel(self, fan_in: str, kernel: Any) -> str:
@@ -854,7 +860,7 @@ def block_function(m: ModuleEmitter, name: str, template: BlockTemplate) -> dict
         *m.globals_of[name],
         "in_channels",
     }
-    fn = Function(Namespace(reserved))
+    fn = Function(Namespace(reserved), generic=tuple(v for v in GENERIC_VARS if v not in reserved))
     inputs: dict[str, str] = {}
     for k, input_name in enumerate(template.inputs):
         inputs[input_name] = fn.ns.create("x" if input_name == "input" and k == 0 else input_name)
@@ -917,7 +923,7 @@ def model_function(m: ModuleEmitter) -> dict[str, Any]:
         "input_shape",
         "inputs",
     }
-    fn = Function(Namespace(reserved))
+    fn = Function(Namespace(reserved), generic=tuple(v for v in GENERIC_VARS if v not in reserved))
     for generic in GENERIC_VARS:
         fn.ns.reserve(generic)
     emitter = BodyEmitter(m, fn, None, keep=frozenset({"inputs"}))

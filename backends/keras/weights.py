@@ -117,24 +117,38 @@ def export_weights(spec: Any, model: Any) -> dict[str, dict[str, np.ndarray]]:
                     value = restored
                 tensors[key] = value
         out[node.id] = tensors
+    _check_complete(spec, model)
     return out
 
 
-def _assign(node: Any, key: str, variable: Any, value: np.ndarray) -> None:
+def _check_complete(spec: Any, model: Any) -> None:
+    """The model holds no weight the spec does not know (it is not a bigger model)."""
+    expected = sum(node.params + node.stats for node in spec.graph.nodes)
+    found = model.count_params()
+    if found != expected:
+        raise ValueError(f"the Keras model has {found:,} weights, the spec {expected:,}")
+
+
+def _checked(node: Any, key: str, variable: Any, value: np.ndarray) -> tuple[Any, np.ndarray]:
     import numpy as np
 
     shape = tuple(variable.shape)
     if tuple(value.shape) != shape:
         raise ValueError(f"{node.id}.{key}: Keras expects shape {shape}, got {value.shape}")
-    variable.assign(np.ascontiguousarray(value, dtype=np.float32))
+    return variable, np.ascontiguousarray(value, dtype=np.float32)
 
 
 def import_weights(spec: Any, model: Any, weights: dict[str, dict[str, Any]]) -> None:
-    """Set a Keras model built from ``spec`` from torch-layout ``weights`` (every node)."""
+    """Set a Keras model built from ``spec`` from torch-layout ``weights`` (every node).
+
+    Every shape is checked before anything is assigned: on error the model is unchanged.
+    """
     import numpy as np
 
+    _check_complete(spec, model)
     graph = spec.graph
     orders = feature_orders(graph)
+    plan: list[tuple[Any, np.ndarray]] = []
     for node in graph.nodes:
         if node.params + node.stats == 0:
             continue
@@ -143,20 +157,29 @@ def import_weights(spec: Any, model: Any, weights: dict[str, dict[str, Any]]) ->
         tensors = {k: np.asarray(v, dtype=np.float32) for k, v in weights[node.id].items()}
         layer = _layer(model, node)
         perm = orders.get(node.inputs[0])
-        if node.op in ("conv", "conv_transpose"):
-            _assign(node, "weight", layer.kernel, tensors["weight"].transpose(2, 3, 1, 0))
-        elif node.op == "linear":
-            weight = tensors["weight"]
-            kernel = (weight if perm is None else weight[:, perm]).T
-            _assign(node, "weight", layer.kernel, kernel)
-        if node.op in ("conv", "conv_transpose", "linear") and layer.use_bias:
-            _assign(node, "bias", layer.bias, tensors["bias"])
-        if node.op == "bn":
-            pairs = [("running_mean", layer.moving_mean), ("running_var", layer.moving_variance)]
-            if layer.scale:
-                pairs.append(("weight", layer.gamma))
-            if layer.center:
-                pairs.append(("bias", layer.beta))
-            for key, variable in pairs:
-                value = tensors[key]
-                _assign(node, key, variable, value if perm is None else value[perm])
+        try:
+            if node.op in ("conv", "conv_transpose"):
+                kernel = tensors["weight"].transpose(2, 3, 1, 0)
+                plan.append(_checked(node, "weight", layer.kernel, kernel))
+            elif node.op == "linear":
+                weight = tensors["weight"]
+                kernel = (weight if perm is None else weight[:, perm]).T
+                plan.append(_checked(node, "weight", layer.kernel, kernel))
+            if node.op in ("conv", "conv_transpose", "linear") and layer.use_bias:
+                plan.append(_checked(node, "bias", layer.bias, tensors["bias"]))
+            if node.op == "bn":
+                pairs = [
+                    ("running_mean", layer.moving_mean),
+                    ("running_var", layer.moving_variance),
+                ]
+                if layer.scale:
+                    pairs.append(("weight", layer.gamma))
+                if layer.center:
+                    pairs.append(("bias", layer.beta))
+                for key, variable in pairs:
+                    value = tensors[key] if perm is None else tensors[key][perm]
+                    plan.append(_checked(node, key, variable, value))
+        except KeyError as exc:
+            raise KeyError(f"no {exc.args[0]} for {node.id}") from None
+    for variable, value in plan:
+        variable.assign(value)

@@ -39,14 +39,28 @@ def export_weights(spec: Any, model: torch.nn.Module) -> dict[str, dict[str, np.
             if isinstance(value, torch.Tensor):
                 tensors[key] = value.detach().to("cpu", torch.float32).numpy().copy()
         out[node.id] = tensors
+    _check_complete(spec, model)
     return out
 
 
+def _check_complete(spec: Any, model: torch.nn.Module) -> None:
+    """The model holds no parameter the spec does not know (it is not a bigger model)."""
+    expected = sum(node.params for node in spec.graph.nodes)
+    found = sum(p.numel() for p in model.parameters())
+    if found != expected:
+        raise ValueError(f"the torch model has {found:,} parameters, the spec {expected:,}")
+
+
 def import_weights(spec: Any, model: torch.nn.Module, weights: dict[str, dict[str, Any]]) -> None:
-    """Copy torch-layout ``weights`` (every node with parameters or statistics) into ``model``."""
+    """Copy torch-layout ``weights`` (every node with parameters or statistics) into ``model``.
+
+    Every shape is checked before anything is copied: on error the model is unchanged.
+    """
     import numpy as np
     import torch
 
+    _check_complete(spec, model)
+    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
     for node in spec.graph.nodes:
         if node.params + node.stats == 0:
             continue
@@ -57,11 +71,15 @@ def import_weights(spec: Any, model: torch.nn.Module, weights: dict[str, dict[st
             target = getattr(module, key, None)
             if not isinstance(target, torch.Tensor):
                 continue
+            if key not in weights[node.id]:
+                raise KeyError(f"no {key} for {node.id}")
             value = torch.as_tensor(np.asarray(weights[node.id][key], dtype=np.float32))
             if tuple(value.shape) != tuple(target.shape):
                 raise ValueError(
                     f"{node.id}.{key}: torch expects shape {tuple(target.shape)}, "
                     f"got {tuple(value.shape)}"
                 )
-            with torch.no_grad():
-                target.copy_(value.to(target.device, target.dtype))
+            copies.append((target, value))
+    with torch.no_grad():
+        for target, value in copies:
+            target.copy_(value.to(target.device, target.dtype))
