@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=positive_int, default=5)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="epochs of linear learning-rate warm-up"
+    )
     parser.add_argument("--test-size", type=fraction, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
@@ -74,15 +78,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     args.overrides = dict(args.overrides)
+    if not 0 <= args.warmup < float("inf"):
+        parser.error(f"--warmup must be a number of epochs ≥ 0, got {args.warmup}")
     if args.out.suffix.lower() != ".png":
         parser.error(f"--out must name a .png file, got {str(args.out)!r}")
     return args
 
 
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
 def train(
     model: Any, data: tuple[np.ndarray, ...], args: argparse.Namespace, label: str
 ) -> dict[str, Any]:
-    """Train ``model`` with SGD (Nesterov momentum, cosine schedule) on the digits.
+    """Train ``model`` with SGD (Nesterov momentum, warm-up then cosine decay) on the digits.
 
     Returns the training loss of every step, and per epoch the mean training loss and the test
     accuracy. The batch order depends only on ``args.seed``, so two models see the same batches.
@@ -97,7 +110,10 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs * batches)
+    total, warmup = args.epochs * batches, int(min(args.warmup, args.epochs) * batches)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, total)
+    )
     steps: list[float] = []
     epochs: list[dict[str, float]] = []
     start = time.perf_counter()

@@ -11,8 +11,8 @@ with its own ``build()``: the model trained here is the generated source, not re
 Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) every rank trains on its shard of each
 global batch (DistributedSampler; ``--batch-size`` is the global batch, so one process and N
 ranks step through the same batches), with gloo on CPU and NCCL on GPU. At the end the ranks
-compare SHA-256 digests of their parameters and BN statistics. ``--metrics PATH`` writes the
-figures (accuracy, loss per epoch, time, digests) as JSON.
+compare SHA-256 digests of their parameters and BN statistics (exit status 1 if they differ).
+``--metrics PATH`` writes the figures (accuracy, loss per epoch, time, digests) as JSON.
 """
 
 from __future__ import annotations
@@ -396,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
         except OSError as exc:
             fail(PROG, f"cannot write --metrics {args.metrics}: {exc}")
+    if metrics["world_size"] > 1 and not metrics["params_identical"]:
+        fail(PROG, "the ranks ended with different parameters")
     return 0
 
 
