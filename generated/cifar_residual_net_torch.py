@@ -32,7 +32,7 @@ class ConvBnRelu(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out, kernel_size=3, stride=stride, padding=1)
         self.bn = nn.BatchNorm2d(out)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.out_channels = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,10 +49,10 @@ class Residual(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
         self.bn1 = nn.BatchNorm2d(in_channels)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
         self.bn2 = nn.BatchNorm2d(in_channels)
-        self.relu_1 = nn.ReLU()
+        self.relu_1 = nn.ReLU(inplace=True)
         self.out_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ class Residual(nn.Module):
         out = self.relu(out)
         out = self.conv2(out)
         out = self.bn2(out)
-        out = out + x
+        out += x
         out = self.relu_1(out)
         return out
 

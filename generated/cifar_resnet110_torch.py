@@ -72,7 +72,7 @@ class BasicBlock(nn.Module):
         )
         INITIALISERS["kaiming_normal_fan_in"](self.conv1.weight)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1, bias=False)
         INITIALISERS["kaiming_normal_fan_in"](self.conv2.weight)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -83,7 +83,7 @@ class BasicBlock(nn.Module):
             )
         else:
             self.shortcut = None
-        self.relu_1 = nn.ReLU()
+        self.relu_1 = nn.ReLU(inplace=True)
         self.out_channels = planes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ class BasicBlock(nn.Module):
         out = self.bn2(out)
         if self.shortcut is not None:
             x = self.shortcut(x)
-        out = out + x
+        out += x
         out = self.relu_1(out)
         return out
 
@@ -111,7 +111,7 @@ class CifarResnet110(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
         INITIALISERS["kaiming_normal_fan_in"](self.conv1.weight)
         self.bn1 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.layer1 = nn.Sequential()
         layer1_channels = 16
         n = n

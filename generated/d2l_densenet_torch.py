@@ -32,7 +32,7 @@ class ConvBlock(nn.Module):
     def __init__(self, in_channels: int, *, growth_rate: int) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(in_channels)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(in_channels, growth_rate, kernel_size=3, padding=1)
         self.out_channels = in_channels + growth_rate
 
@@ -50,7 +50,7 @@ class TransitionBlock(nn.Module):
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(in_channels)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(in_channels, in_channels // 2, kernel_size=1)
         self.avgpool = nn.AvgPool2d(2, stride=2)
         self.out_channels = in_channels // 2
@@ -82,7 +82,7 @@ class D2lDensenet(nn.Module):
             nn.Sequential(
                 nn.Conv2d(in_channels, num_channels, kernel_size=7, stride=2, padding=3),
                 nn.BatchNorm2d(num_channels),
-                nn.ReLU(),
+                nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, stride=2, padding=1),
             ),
         )
@@ -121,7 +121,7 @@ class D2lDensenet(nn.Module):
             "last",
             nn.Sequential(
                 nn.BatchNorm2d(dense_blk4_channels),
-                nn.ReLU(),
+                nn.ReLU(inplace=True),
                 nn.AdaptiveAvgPool2d(1),
                 nn.Flatten(),
                 nn.Linear(dense_blk4_channels, num_classes),

@@ -50,7 +50,7 @@ class Residual(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, num_channels, kernel_size=3, stride=strides, padding=1)
         INITIALISERS["glorot_uniform"](self.conv1.weight)
         self.bn1 = nn.BatchNorm2d(num_channels)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
         INITIALISERS["glorot_uniform"](self.conv2.weight)
         self.bn2 = nn.BatchNorm2d(num_channels)
@@ -59,7 +59,7 @@ class Residual(nn.Module):
             INITIALISERS["glorot_uniform"](self.conv3.weight)
         else:
             self.conv3 = None
-        self.relu_1 = nn.ReLU()
+        self.relu_1 = nn.ReLU(inplace=True)
         self.out_channels = num_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,7 @@ class Residual(nn.Module):
         out = self.bn2(out)
         if self.conv3 is not None:
             x = self.conv3(x)
-        out = out + x
+        out += x
         out = self.relu_1(out)
         return out
 
@@ -92,7 +92,7 @@ class D2lResnet18(nn.Module):
             nn.Sequential(
                 nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
                 nn.BatchNorm2d(64),
-                nn.ReLU(),
+                nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, stride=2, padding=1),
             ),
         )

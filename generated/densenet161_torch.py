@@ -49,11 +49,11 @@ class DenseLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1 = nn.BatchNorm2d(in_channels)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, kernel_size=1, bias=False)
         INITIALISERS["kaiming_normal_fan_in"](self.conv1.weight)
         self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
-        self.relu2 = nn.ReLU()
+        self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(
             bn_size * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False
         )
@@ -83,7 +83,7 @@ class Transition(nn.Module):
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(in_channels, in_channels // 2, kernel_size=1, bias=False)
         INITIALISERS["kaiming_normal_fan_in"](self.conv.weight)
         self.pool = nn.AvgPool2d(2, stride=2)
@@ -121,7 +121,7 @@ class Densenet161(nn.Module):
         )
         INITIALISERS["kaiming_normal_fan_in"](self.features.conv0.weight)
         self.features.add_module("norm0", nn.BatchNorm2d(num_init_features))
-        self.features.add_module("relu0", nn.ReLU())
+        self.features.add_module("relu0", nn.ReLU(inplace=True))
         self.features.add_module("pool0", nn.MaxPool2d(3, stride=2, padding=1))
         self.features.add_module("denseblock1", nn.Sequential())
         denseblock1_channels = num_init_features

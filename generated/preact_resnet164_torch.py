@@ -32,13 +32,13 @@ class PreactBottleneck(nn.Module):
         super().__init__()
         out_channels = planes * 4
         self.bn1 = nn.BatchNorm2d(in_channels)
-        self.preact = nn.ReLU()
+        self.preact = nn.ReLU(inplace=True)
         self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes)
-        self.relu_1 = nn.ReLU()
+        self.relu_1 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(planes, out_channels, kernel_size=1, bias=False)
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
@@ -60,7 +60,7 @@ class PreactBottleneck(nn.Module):
         conv1 = self.conv3(conv1)
         if self.downsample is not None:
             x = self.downsample(out)
-        conv1 = conv1 + x
+        conv1 += x
         return conv1
 
 
@@ -96,7 +96,7 @@ class PreactResnet164(nn.Module):
             self.layer3.add_module(f"{i}", block)
             layer3_channels = block.out_channels
         self.bn = nn.BatchNorm2d(layer3_channels)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(layer3_channels, num_classes)

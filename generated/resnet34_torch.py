@@ -50,7 +50,7 @@ class Basic(nn.Module):
         )
         INITIALISERS["kaiming_normal_fan_out"](self.conv1.weight)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1, bias=False)
         INITIALISERS["kaiming_normal_fan_out"](self.conv2.weight)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -63,7 +63,7 @@ class Basic(nn.Module):
             INITIALISERS["kaiming_normal_fan_out"](self.downsample[0].weight)
         else:
             self.downsample = None
-        self.relu_1 = nn.ReLU()
+        self.relu_1 = nn.ReLU(inplace=True)
         self.out_channels = planes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +74,7 @@ class Basic(nn.Module):
         out = self.bn2(out)
         if self.downsample is not None:
             x = self.downsample(x)
-        out = out + x
+        out += x
         out = self.relu_1(out)
         return out
 
@@ -94,7 +94,7 @@ class Resnet34(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         INITIALISERS["kaiming_normal_fan_out"](self.conv1.weight)
         self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.layer1 = nn.Sequential()
         layer1_channels = 64

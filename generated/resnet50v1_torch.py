@@ -76,17 +76,17 @@ class Bottleneck(nn.Module):
         INITIALISERS["glorot_uniform"](self.conv1.weight)
         INITIALISERS["zeros"](self.conv1.bias)
         self.bn1 = nn.BatchNorm2d(filters, eps=1.001e-05, momentum=0.01)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(filters, filters, kernel_size=3, padding="same")
         INITIALISERS["glorot_uniform"](self.conv2.weight)
         INITIALISERS["zeros"](self.conv2.bias)
         self.bn2 = nn.BatchNorm2d(filters, eps=1.001e-05, momentum=0.01)
-        self.relu2 = nn.ReLU()
+        self.relu2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(filters, out_channels, kernel_size=1)
         INITIALISERS["glorot_uniform"](self.conv3.weight)
         INITIALISERS["zeros"](self.conv3.bias)
         self.bn3 = nn.BatchNorm2d(out_channels, eps=1.001e-05, momentum=0.01)
-        self.relu3 = nn.ReLU()
+        self.relu3 = nn.ReLU(inplace=True)
         self.out_channels = out_channels if self.shortcut is not None else in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,9 +101,9 @@ class Bottleneck(nn.Module):
         x = self.relu2(x)
         x = self.conv3(x)
         x = self.bn3(x)
-        shortcut = shortcut + x
-        shortcut = self.relu3(shortcut)
-        return shortcut
+        x += shortcut
+        x = self.relu3(x)
+        return x
 
 
 class Resnet50v1(nn.Module):
@@ -123,7 +123,7 @@ class Resnet50v1(nn.Module):
         INITIALISERS["glorot_uniform"](self.conv1.weight)
         INITIALISERS["zeros"](self.conv1.bias)
         self.bn1 = nn.BatchNorm2d(64, eps=1.001e-05, momentum=0.01)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         self.pool1_pad = nn.ZeroPad2d((1, 1, 1, 1))
         self.pool1 = nn.MaxPool2d(3, stride=2)
         self.conv2 = nn.Sequential()

@@ -65,7 +65,7 @@ class PreactBottleneck(nn.Module):
         super().__init__()
         out_channels = 4 * filters
         self.preact_bn = nn.BatchNorm2d(in_channels, eps=1.001e-05, momentum=0.01)
-        self.preact_relu = nn.ReLU()
+        self.preact_relu = nn.ReLU(inplace=True)
         if not conv_shortcut and stride > 1:
             self.shortcut_pool = nn.MaxPool2d(1, stride=stride)
         else:
@@ -79,12 +79,12 @@ class PreactBottleneck(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, filters, kernel_size=1, bias=False)
         INITIALISERS["glorot_uniform"](self.conv1.weight)
         self.bn1 = nn.BatchNorm2d(filters, eps=1.001e-05, momentum=0.01)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         self.pad2 = nn.ZeroPad2d((1, 1, 1, 1))
         self.conv2 = nn.Conv2d(filters, filters, kernel_size=3, stride=stride, bias=False)
         INITIALISERS["glorot_uniform"](self.conv2.weight)
         self.bn2 = nn.BatchNorm2d(filters, eps=1.001e-05, momentum=0.01)
-        self.relu2 = nn.ReLU()
+        self.relu2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(filters, out_channels, kernel_size=1)
         INITIALISERS["glorot_uniform"](self.conv3.weight)
         INITIALISERS["zeros"](self.conv3.bias)
@@ -105,8 +105,8 @@ class PreactBottleneck(nn.Module):
         out = self.bn2(out)
         out = self.relu2(out)
         out = self.conv3(out)
-        x = x + out
-        return x
+        out += x
+        return out
 
 
 class Resnet50v2(nn.Module):
@@ -162,7 +162,7 @@ class Resnet50v2(nn.Module):
             self.conv5.add_module(f"block{i + 1}", block)
             conv5_channels = block.out_channels
         self.post_bn = nn.BatchNorm2d(conv5_channels, eps=1.001e-05, momentum=0.01)
-        self.post_relu = nn.ReLU()
+        self.post_relu = nn.ReLU(inplace=True)
         self.avg_pool = GlobalPool("avg", keepdims=False)
         self.fc = nn.Linear(conv5_channels, num_classes)
         INITIALISERS["glorot_uniform"](self.fc.weight)

@@ -57,9 +57,9 @@ class DoubleConv(nn.Module):
         super().__init__()
         self.double_conv = nn.Sequential(
             nn.Conv2d(in_channels, out, kernel_size=3),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(out, out, kernel_size=3),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
         INITIALISERS["kaiming_normal_fan_in"](self.double_conv[0].weight)
         INITIALISERS["kaiming_normal_fan_in"](self.double_conv[2].weight)

@@ -41,10 +41,10 @@ class DoubleConv(nn.Module):
         self.double_conv = nn.Sequential(
             nn.Conv2d(in_channels, out, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(out),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(out, out, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(out),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
         self.out_channels = out
 

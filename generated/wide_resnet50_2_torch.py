@@ -62,13 +62,13 @@ class Bottleneck(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, bias=False)
         INITIALISERS["kaiming_normal_fan_out"](self.conv1.weight)
         self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(
             width, width, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False
         )
         INITIALISERS["kaiming_normal_fan_out"](self.conv2.weight)
         self.bn2 = nn.BatchNorm2d(width)
-        self.relu_1 = nn.ReLU()
+        self.relu_1 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(width, out_channels, kernel_size=1, bias=False)
         INITIALISERS["kaiming_normal_fan_out"](self.conv3.weight)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -81,7 +81,7 @@ class Bottleneck(nn.Module):
             INITIALISERS["kaiming_normal_fan_out"](self.downsample[0].weight)
         else:
             self.downsample = None
-        self.relu_2 = nn.ReLU()
+        self.relu_2 = nn.ReLU(inplace=True)
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,7 @@ class Bottleneck(nn.Module):
         out = self.bn3(out)
         if self.downsample is not None:
             x = self.downsample(x)
-        out = out + x
+        out += x
         out = self.relu_2(out)
         return out
 
@@ -117,7 +117,7 @@ class WideResnet502(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         INITIALISERS["kaiming_normal_fan_out"](self.conv1.weight)
         self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.layer1 = nn.Sequential()
         layer1_channels = 64

@@ -25,8 +25,9 @@ from rescompiler.codegen import (
 )
 from rescompiler.codegen import clean as _docstring
 from rescompiler.errors import SpecError
+from rescompiler.fold import Fold, FoldPlan, fold_report, plan_folds
 from rescompiler.ir import IRNode
-from rescompiler.pyformat import Call, layout
+from rescompiler.pyformat import LINE_LENGTH, Call, layout
 from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -44,6 +45,11 @@ HELPERS = ("Crop", "CropTo", "PadTo", "Subsample", "ChannelPad", "GlobalPool")
 TORCH_DEFAULT_INIT = {("bn", "weight"): "ones", ("bn", "bias"): "zeros"}
 BUILTIN_DEFAULTS = {"bias": True, "eps": 1e-5, "momentum": 0.1}
 MODULE_ATTRIBUTES = {"training", "forward", "out_channels", "T_destination", "dump_patches"}
+MODULE_ATTRIBUTES |= {"FOLDED_BN", "train", "eval"}
+# ops whose output is a new tensor that no backward pass reads: the only reader of such a value
+# may overwrite it (in-place ReLU, ``+=``), as torchvision's ReLU(inplace=True) and ``out +=``
+OWNED_OUTPUT = {"conv", "conv_transpose", "bn", "linear", "concat", "maxpool", "avgpool"}
+OPTIMIZE = (None, "inference")
 
 
 def _pair(value: Any) -> str:
@@ -63,16 +69,31 @@ class Scope:
     forward: list[str] = field(default_factory=list)
     init_ns: Namespace = field(default_factory=Namespace)
     var_ns: Namespace = field(default_factory=Namespace)
+    plan: FoldPlan | None = None  # the fold plan of an inference build; None for the plain one
+    folded: list[tuple[str, str, float, str]] = field(default_factory=list)  # FOLDED_BN rows
+
+
+def owned_by_reader(node: Any, inputs: int = 1) -> bool:
+    """A node makes a new tensor that its backward does not read (see OWNED_OUTPUT)."""
+    if isinstance(node, BlockCall | Group) or node.when is not None:
+        return False
+    return node.op in OWNED_OUTPUT or (node.op == "add" and inputs > 1)
 
 
 class BodyEmitter:
     """Walks a body of nodes, mirroring the expander's naming, and writes Python lines."""
 
     def __init__(
-        self, scope: Scope, path: str, owner: str = "self", in_group: bool = False
+        self,
+        scope: Scope,
+        path: str,
+        owner: str = "self",
+        in_group: bool = False,
+        module_path: str = "",
     ) -> None:
         self.s = scope
         self.path = path
+        self.module_path = module_path  # dotted path of ``owner`` in the class (FOLDED_BN)
         self.owner = owner
         self.in_group = in_group
         self.channels: dict[str, str] = {}
@@ -119,9 +140,19 @@ class BodyEmitter:
         return self.s.var_ns.create(local if not local.isdigit() else f"out{local}")
 
     # -- module constructors -----------------------------------------------------------
-    def constructor(self, node: NodeBase, index: int, cin: str) -> tuple[Call | str, str]:
-        """(constructor call, output-channel expression) of an op node."""
+    def constructor(
+        self,
+        node: NodeBase,
+        index: int,
+        cin: str,
+        path: str | None = None,
+        inplace: bool = False,
+    ) -> tuple[Call | str, str]:
+        """(constructor call, output-channel expression) of an op node; ``path`` is its spec
+        path (default: node ``index`` of this body); ``inplace`` makes a ReLU in place."""
         op = node.op  # type: ignore[attr-defined]
+        path = path or f"{self.path}[{index}]"
+        absorbs = self.s.plan is not None and path in self.s.plan.targets
         if op in ("conv", "conv_transpose"):
             cls = "nn.Conv2d" if op == "conv" else "nn.ConvTranspose2d"
             out = py(node.out)  # type: ignore[attr-defined]
@@ -142,11 +173,11 @@ class BodyEmitter:
                         args.append(f"padding={value}")
                     else:
                         args.append(f"{name}={_pair(value)}")
-            if self.default(node, "bias") is not True:
+            if self.default(node, "bias") is not True and not absorbs:
                 args.append(f"bias={py(self.default(node, 'bias'))}")
             return Call(cls, tuple(args)), out if re.fullmatch(r"[\w.]+", out) else f"({out})"
         if op == "bn":
-            rank = {len(n.shape) for n in self.s.instances.get(f"{self.path}[{index}]", [])}
+            rank = {len(n.shape) for n in self.s.instances.get(path, [])}
             cls = "nn.BatchNorm1d" if rank == {1} else "nn.BatchNorm2d"
             args = [unwrap(cin)]
             if self.default(node, "eps") != 1e-5:
@@ -159,20 +190,21 @@ class BodyEmitter:
         if op == "linear":
             out = py(node.out)  # type: ignore[attr-defined]
             args = [unwrap(cin), out]
-            if self.default(node, "bias") is not True:
+            if self.default(node, "bias") is not True and not absorbs:
                 args.append(f"bias={py(self.default(node, 'bias'))}")
             return Call("nn.Linear", tuple(args)), out
         if op == "flatten":
-            sizes = {n.shape for n in self.s.instances.get(f"{self.path}[{index}]", [])}
+            sizes = {n.shape for n in self.s.instances.get(path, [])}
             inputs = {
-                self.s.spec.graph.shape_of(n.inputs[0])
-                for n in self.s.instances.get(f"{self.path}[{index}]", [])
+                self.s.spec.graph.shape_of(n.inputs[0]) for n in self.s.instances.get(path, [])
             }
             if any(len(shape) == 3 and shape[1:] != (1, 1) for shape in inputs) and len(sizes) == 1:
                 # a spatial flatten: its width depends on the input size, known for this spec's
                 # input_shape only, so it is written as a number
                 return "nn.Flatten()", str(next(iter(sizes))[0])
             return "nn.Flatten()", cin
+        if op == "relu" and inplace:
+            return "nn.ReLU(inplace=True)", cin
         if op in ACTIVATIONS:
             return f"{ACTIVATIONS[op]}()", cin
         if op == "leaky_relu":
@@ -292,10 +324,27 @@ class BodyEmitter:
             for name in [*names, alt]:
                 if self.last_use.get(name, -1) < index:
                     self.last_use[name] = index
+        self.entries = plan
+        self.index_of = {local: index for index, (_n, local, _names, _alt) in enumerate(plan)}
+        self.readers: dict[str, list[int]] = {out_local: [len(body)]}
+        for index, (node, _local, names, _alt) in enumerate(plan):
+            for name in [*names, *([node.otherwise] if node.otherwise is not None else [])]:
+                self.readers.setdefault(name, []).append(index)
         by_var: dict[str, list[str]] = {}
         for name, (var, _c) in inputs.items():
             by_var.setdefault(var, []).append(name)
-        for aliases in by_var.values():
+        # a folded BN's output is its input's tensor: the two names live and die together
+        groups = [set(aliases) for aliases in by_var.values()]
+        groups += [
+            {local, names[0]} for k, (_n, local, names, _a) in enumerate(plan) if self.fold_of(k)
+        ]
+        merged: list[set[str]] = []
+        for group in groups:
+            for other in [m for m in merged if m & group]:
+                group |= other
+                merged.remove(other)
+            merged.append(group)
+        for aliases in merged:
             last = max(self.last_use.get(a, -1) for a in aliases)
             for alias in aliases:
                 self.last_use[alias] = last
@@ -327,6 +376,44 @@ class BodyEmitter:
             previous = local
         return plan
 
+    def fold_of(self, index: int) -> Fold | None:
+        """The fold that removes BN node ``index`` of this body (inference builds only)."""
+        plan = self.s.plan
+        return plan.folds.get(f"{self.path}[{index}]") if plan is not None else None
+
+    def into_fold(self, index: int, local: str) -> bool:
+        """Node ``index`` is read only by the next node, a BN folded away, which is read only
+        by the node after it (names the var as if the BN were not there)."""
+        fold = self.fold_of(index + 1)
+        if fold is None or self.readers.get(local) != [index + 1]:
+            return False
+        readers = self.readers.get(fold.bn_local, [])
+        return readers == [index + 2] or self.into_fold(index + 1, fold.bn_local)
+
+    def may_overwrite(self, index: int, name: str) -> bool:
+        """Node ``index`` may overwrite the value ``name``: a node of this body made it into a new
+        tensor no backward reads (not a body input, not an alias), and ``index`` is its only
+        reader. Safe for autograd and for values still live elsewhere."""
+        source = self.index_of.get(name)
+        if source is None or source >= index:
+            return False
+        node, _local, names, _alt = self.entries[source]
+        return owned_by_reader(node, len(names)) and self.readers.get(name) == [index]
+
+    def record_fold(self, fold: Fold, index: int) -> bool:
+        """Note a folded BN in the class's FOLDED_BN; True when a placeholder must keep the
+        positions of later modules of a group (``nn.Identity``)."""
+        self.s.folded.append(
+            (
+                self.module_path + fold.target_local,
+                self.module_path + fold.bn_local,
+                fold.eps,
+                fold.side,
+            )
+        )
+        later = [entry[0] for entry in self.entries[index + 1 :]]
+        return self.owner != "self" and any(has_params(n) for n in later)
+
     def choose_var(
         self, index: int, local: str, names: list[str], conditional: bool
     ) -> tuple[str, bool]:
@@ -340,7 +427,8 @@ class BodyEmitter:
         if dies and first_var and first_var not in self.live:
             self.live[first_var] = local
             return first_var, True
-        preferred = "out" if index + 1 == self.last_use.get(local, -1) or local.isdigit() else local
+        next_only = index + 1 == self.last_use.get(local, -1) or self.into_fold(index, local)
+        preferred = "out" if next_only or local.isdigit() else local
         if preferred in self.live or preferred not in ("out",):
             preferred = self.s.var_ns.create(local if not local.isdigit() else f"out{local}")
         else:
@@ -349,17 +437,34 @@ class BodyEmitter:
         return preferred, False
 
     def emit_node(self, node: Any, index: int, local: str, names: list[str], alt: str) -> None:
-        in_vars = [self.vars[n] for n in names]
         cin = self.channels[names[0]]
         cond = py(node.when) if node.when is not None else None
         op = getattr(node, "op", None)
+        fold = self.fold_of(index)
+        if fold is not None:  # the BN lives on in its conv's weights: its output is its input
+            if self.record_fold(fold, index):
+                self.s.init += self.assign(getattr(self, "indent", 8), local, "nn.Identity()")
+            self.vars[local], self.channels[local] = self.vars[names[0]], cin
+            return
+        if (
+            op == "add"
+            and len(names) == 2
+            and not self.may_overwrite(index, names[0])
+            and self.may_overwrite(index, names[1])
+        ):
+            names = [names[1], names[0]]  # add into the operand that may be overwritten
+        in_vars = [self.vars[n] for n in names]
         if op in ("add", "concat"):
             if cond is not None or self.owner != "self":
                 raise self.fail(
                     index, f"{op} inside a group or with 'when' is not supported by torch"
                 )
+            overwrite = len(names) == 2 and self.may_overwrite(index, names[0])
             var, _ = self.choose_var(index, local, names, False)
-            if op == "add":
+            if op == "add" and overwrite and var == in_vars[0]:
+                self.s.forward.append(f"        {var} += {in_vars[1]}")
+                self.channels[local] = cin
+            elif op == "add":
                 self.s.forward.append(f"        {var} = {' + '.join(in_vars)}")
                 self.channels[local] = cin
             else:
@@ -414,7 +519,8 @@ class BodyEmitter:
             return self.emit_block_call(node, index, local, indent, names)
         if isinstance(node, Group):
             return self.emit_group(node, index, local, indent, cin)
-        ctor, out = self.constructor(node, index, cin)
+        inplace = node.op == "relu" and self.may_overwrite(index, names[0])
+        ctor, out = self.constructor(node, index, cin, inplace=inplace)
         self.s.init += self.assign(indent, local, ctor)
         self.s.init += self.init_lines(indent, node, self.attr_ref(local))
         return out
@@ -463,18 +569,41 @@ class BodyEmitter:
             and child.op not in ("add", "concat")  # type: ignore[attr-defined]
             for child in node.body
         ):
-            ctors, inits, chan = [], [], cin
+            ctors: list[Call | str] = []
+            inits, chan = [], cin
+            plan = self.s.plan
             for k, child in enumerate(node.body):
-                ctor, chan = self.constructor(child, k, chan)
+                child_path = f"{self.path}[{index}].body[{k}]"
+                fold = plan.folds.get(child_path) if plan is not None else None
+                if fold is not None:
+                    self.s.folded.append(
+                        (
+                            f"{self.module_path}{local}.{fold.target_local}",
+                            f"{self.module_path}{local}.{fold.bn_local}",
+                            fold.eps,
+                            fold.side,
+                        )
+                    )
+                    if any(has_params(later) for later in node.body[k + 1 :]):
+                        ctors.append("nn.Identity()")  # later modules keep their positions
+                    continue
+                inplace = k > 0 and child.op == "relu" and owned_by_reader(node.body[k - 1])
+                ctor, chan = self.constructor(child, k, chan, child_path, inplace)
+                inits += self.init_lines(indent, child, f"{ref}[{len(ctors)}]")
                 ctors.append(ctor)
-                inits += self.init_lines(indent, child, f"{ref}[{k}]")
             self.s.init += self.assign(
                 indent, local, Call("nn.Sequential", tuple(ctors), explode=True)
             )
             self.s.init += inits
             return chan
         self.s.init += self.assign(indent, local, "nn.Sequential()")
-        inner = BodyEmitter(self.s, f"{self.path}[{index}].body", ref, in_group=True)
+        inner = BodyEmitter(
+            self.s,
+            f"{self.path}[{index}].body",
+            ref,
+            in_group=True,
+            module_path=f"{self.module_path}{local}.",
+        )
         inner.indent = indent  # type: ignore[attr-defined]
         out = inner.emit(node.body, {"__in": ("", cin)}, "__in")
         return inner.channels[out]
@@ -492,6 +621,16 @@ class BodyEmitter:
         self.channels[local] = out
         self.vars[local] = ""
         return local
+
+
+def has_params(node: Any) -> bool:
+    """A body node may hold parameters or buffers (its position in a group matters)."""
+    return isinstance(node, BlockCall | Group) or node.op in (
+        "conv",
+        "conv_transpose",
+        "bn",
+        "linear",
+    )
 
 
 def emit_class(spec: Any, scope: Scope, name: str, template: BlockTemplate) -> dict[str, Any]:
@@ -539,27 +678,45 @@ def emit_class(spec: Any, scope: Scope, name: str, template: BlockTemplate) -> d
         ),
         "forward": scope.forward,
         "result": emitter.vars[out],
+        "folded": folded_lines(scope.folded),
     }
 
 
-def emit_source(spec: Any) -> str:
-    """The generated module's source for ``spec`` (a loaded rescompiler Spec)."""
+def folded_lines(folded: list[tuple[str, str, float, str]]) -> list[str]:
+    """A class's ``FOLDED_BN = (...)`` assignment as source lines."""
+    if not folded:
+        return []
+    rows = [literal(list(row)) for row in folded]
+    one = f"    FOLDED_BN = ({rows[0]},)"
+    if len(rows) == 1 and len(one) <= LINE_LENGTH:
+        return [one]
+    return ["    FOLDED_BN = (", *(f"        {row}," for row in rows), "    )"]
+
+
+def emit_source(spec: Any, optimize: str | None = None) -> str:
+    """The generated module's source for ``spec`` (a loaded rescompiler Spec); with
+    ``optimize="inference"`` the inference build: BatchNorms folded into convs on load."""
+    if optimize not in OPTIMIZE:
+        raise ValueError(f"optimize must be one of {list(OPTIMIZE)}, got {optimize!r}")
+    plan = plan_folds(spec.model) if optimize == "inference" else None
     model = spec.model
     instances: dict[str, list[IRNode]] = {}
     for node in spec.graph.nodes:
         instances.setdefault(node.spec_path, []).append(node)
     globals_of = global_names(model, INIT_NAMES)
-    classes_ns = Namespace({"INITIALISERS", "build", "torch", "nn", "F", "DEFAULTS", *HELPERS})
+    classes_ns = Namespace(
+        {"INITIALISERS", "build", "torch", "nn", "F", "DEFAULTS", "fold", *HELPERS}
+    )
     order = used_blocks(model)
     class_of = {name: classes_ns.create(camel(name)) for name in order}
     model_class = classes_ns.create(camel(model.name))
     helpers: set[str] = set()
     blocks = []
     for name in order:
-        scope = Scope(spec, instances, globals_of, class_of, helpers)
+        scope = Scope(spec, instances, globals_of, class_of, helpers, plan=plan)
         scope.var_ns.reserve("self")
         blocks.append(emit_class(spec, scope, name, model.blocks[name]))
-    scope = Scope(spec, instances, globals_of, class_of, helpers)
+    scope = Scope(spec, instances, globals_of, class_of, helpers, plan=plan)
     emitter = BodyEmitter(scope, "body")
     scope.init.append("        in_channels = input_shape[0]")
     scope.init += [f"        {key} = {py(value)}" for key, value in model.let.items()]
@@ -573,10 +730,13 @@ def emit_source(spec: Any) -> str:
     if model.reference:
         header += f"Reference: {_docstring(model.reference)}.\n\n"
     source = _docstring(Path(spec.file).as_posix())
+    flag = " --optimize inference" if plan is not None else ""
     header += (
         f"Generated by rescompiler from {source}; do not edit. Regenerate with "
-        f"``rescompile {source} --backend torch``. Depends only on torch."
+        f"``rescompile {source} --backend torch{flag}``. Depends only on torch."
     )
+    if plan is not None:
+        header += "\n\n" + inference_notes(spec, plan)
     return ENVIRONMENT.get_template("module.py.jinja").render(
         header=header,
         spec_name=model.name,
@@ -592,13 +752,33 @@ def emit_source(spec: Any) -> str:
             "forward": scope.forward,
             "result": emitter.vars[out],
             "uses_stage_runner": False,
+            "folded": folded_lines(scope.folded),
         },
+        inference=plan is not None,
         defaults=[(json.dumps(k), literal(v)) for k, v in spec.params.items()],
         input_shape=literal(spec.graph.input_shape),
         needs_init=any(
             "INITIALISERS[" in line for b in [*blocks, {"init": scope.init}] for line in b["init"]
         ),
     )
+
+
+def inference_notes(spec: Any, plan: FoldPlan) -> str:
+    """The header paragraph of an inference build: what it does, what was folded, what not."""
+    rows = fold_report(spec, plan)
+    folded = sum(row.folded_into is not None for row in rows)
+    text = (
+        "Inference build: load a plain model's state_dict (``load_state_dict`` folds each "
+        "BatchNorm listed in a class's ``FOLDED_BN`` into its conv; ``fold`` shows the result); "
+        "ReLUs run in place. The model stays in eval mode and refuses ``train()``. "
+        f"With the spec's params {folded} of {len(rows)} BatchNorms are folded."
+    )
+    if plan.kept:
+        text += " Kept as BatchNorm:"
+        for kept in plan.kept.values():
+            text += f" {kept.bn} ({kept.reason});"
+        text = text[:-1] + "."
+    return text
 
 
 def unwrap(expr: str) -> str:
