@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -67,7 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--test-size", type=fraction, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
+    parser.add_argument(
+        "--threads", type=positive_int, default=1, help="CPU threads (see train_digits.py)"
+    )
     parser.add_argument(
         "--out", type=Path, default=EXAMPLES / "plain_vs_residual.png", help="the PNG to write"
     )
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     require("torch", "tqdm", "matplotlib")
     import torch
 
-    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     modules = {
         "plain": compile_module(args.plain, "torch", args.gen_dir),
         "residual": compile_module(args.residual, "torch", args.gen_dir),

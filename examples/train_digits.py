@@ -72,7 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-size", type=fraction, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--threads", type=positive_int, default=None, help="CPU threads per process"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads per process (torch default 1: these models are tiny, and on a busy "
+        "machine extra OpenMP threads spin and slow training many times over; keras: TF's own)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
@@ -128,14 +132,13 @@ def train_torch(args: argparse.Namespace) -> dict[str, Any] | None:
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     if args.batch_size % world:
         raise ExampleError(f"--batch-size {args.batch_size} is not divisible by {world} ranks")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
         raise ExampleError("--device cuda, but no CUDA device is available")
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local_world))
+    torch.set_num_threads(args.threads or 1)
 
     # Every rank compiles (atomic write, identical bytes) before the process group exists, so
     # an invalid spec stops every rank with one line instead of leaving the others waiting.

@@ -30,8 +30,9 @@ TRAIN_IMAGES = 1437  # 80% of 1797, stratified
 def run(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run ``python *args`` from the repository root; capture text output.
 
-    Training runs pass ``--threads 1``: on a shared 2-core machine a second intra-op thread
-    made the plain-vs-residual run 6× slower (spinning OpenMP workers), not faster.
+    Training runs use one thread per process (``--threads 1``, the torch default of the
+    scripts): on a busy 2-core machine a second intra-op thread made training 6-30× slower
+    (spinning OpenMP workers), not faster.
     """
     return subprocess.run(
         [sys.executable, *map(str, args)],
