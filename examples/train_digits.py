@@ -192,7 +192,7 @@ def train_torch(args: argparse.Namespace) -> dict[str, Any] | None:
         return loss, accuracy
 
     history: list[dict[str, float]] = []
-    shard_sizes = [0] * world
+    shard_sizes: list[int] = []
     if show:
         print(
             f"{module.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -230,11 +230,10 @@ def train_torch(args: argparse.Namespace) -> dict[str, Any] | None:
         if distributed:
             counts = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(world)]
             dist.all_gather(counts, totals[2:3].clone())
-            shard = [int(c.item()) for c in counts]
+            shard_sizes = [int(c.item()) for c in counts]  # images each rank saw this epoch
             dist.all_reduce(totals)
         else:
-            shard = [int(totals[2].item())]
-        shard_sizes = shard
+            shard_sizes = [int(totals[2].item())]
         sync_bn_statistics()
         test_loss, test_accuracy = evaluate()
         loss_sum, correct, count = totals.tolist()
