@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -216,10 +217,16 @@ def _run_in_process(spec: Spec, device: str, seed: int, batch: int) -> Report:
             with torch.no_grad():
                 outputs[name] = model(torch.from_numpy(x).to(device)).cpu().numpy()
         x_keras = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
-        for name in MODELS[2:]:
-            with tf.device(f"/{keras_device.upper()}:0"):
-                y = np.asarray(models[name](x_keras, training=False))
-            outputs[name] = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+        tf_logger = logging.getLogger("tensorflow")
+        level = tf_logger.level
+        tf_logger.setLevel(logging.ERROR)  # eager grouped convs warn about retracing
+        try:
+            for name in MODELS[2:]:
+                with tf.device(f"/{keras_device.upper()}:0"):
+                    y = np.asarray(models[name](x_keras, training=False))
+                outputs[name] = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+        finally:
+            tf_logger.setLevel(level)
 
     report = Report(
         spec=spec.file,
