@@ -53,6 +53,10 @@ class Kept:
 
     bn: str
     reason: str
+    label: str = ""  # the BN by name: ``preact_bn of block 'preact_bottleneck'``
+
+    def __str__(self) -> str:
+        return f"{self.label or self.bn} ({self.reason})"
 
 
 @dataclass
@@ -115,7 +119,7 @@ def _eps(model: SpecModel, node: Any) -> Any:
 
 def _describe(entry: _Entry | None, name: str) -> str:
     if entry is None:
-        return f"the body input {name!r}"
+        return f"the input {name!r}"
     node = entry.node
     if isinstance(node, BlockCall):
         return f"block {entry.local!r}"
@@ -131,9 +135,10 @@ def _plan_body(
     visible: set[str],
     first: str,
     output: str | None,
-    in_group: bool,
+    where: str,
     plan: FoldPlan,
 ) -> None:
+    in_group = where.startswith("group")
     entries: list[_Entry] = []
     taken = set(visible)
     previous = first
@@ -157,7 +162,10 @@ def _plan_body(
         entries.append(_Entry(node, local, names))
         previous = local
         if isinstance(node, Group):
-            _plan_body(model, node.body, (*path, index, "body"), set(), names[0], None, True, plan)
+            inside = f"group {node.group!r} of {where}"
+            _plan_body(
+                model, node.body, (*path, index, "body"), set(), names[0], None, inside, plan
+            )
     readers: dict[str, list[int]] = defaultdict(list)
     for index, entry in enumerate(entries):
         for name in entry.inputs:
@@ -201,7 +209,8 @@ def _plan_body(
                 )
             elif side == "before":
                 after = _after_reason(entry, source_entry, readers)
-                decided[k] = Kept(spec_path[k], f"{after}; {reason}")
+                label = f"{entry.local} of {where}"
+                decided[k] = Kept(spec_path[k], f"{after}; {reason}", label)
     for decision in decided.values():
         if isinstance(decision, Fold):
             plan.folds[decision.bn] = decision
@@ -232,8 +241,10 @@ def _before_reason(
     if entry.node.when is not None:
         return "it is conditional", None
     users = readers[entry.local]
-    if len(users) != 1 or users[0] >= len(entries):
-        return "its output is read by several nodes or leaves the body", None
+    if len(users) != 1:
+        return "its output is read by several nodes", None
+    if users[0] >= len(entries):
+        return "its output leaves the body", None
     user = entries[users[0]]
     op = _op(user.node)
     if op not in TARGETS:
@@ -264,10 +275,10 @@ def plan_folds(model: SpecModel) -> FoldPlan:
             visible,
             template.inputs[0],
             template.output,
-            False,
+            f"block {name!r}",
             plan,
         )
-    _plan_body(model, model.body, ("body",), {"input"}, "input", None, False, plan)
+    _plan_body(model, model.body, ("body",), {"input"}, "input", None, "the model", plan)
     return plan
 
 

@@ -1,6 +1,9 @@
 """Keras 3 backend: ``build`` compiles the emitted functions in memory (so built and generated
 models have the same layer names and compute bit for bit the same); ``emit`` returns source.
-``export_weights``/``import_weights`` move weights in torch layout (``transfer_weights``)."""
+``export_weights``/``import_weights`` move weights in torch layout (``transfer_weights``).
+
+``optimize="inference"`` gives the inference build: BatchNorms folded into the conv or dense
+layer next to them; ``load_plain_weights(model, plain)`` fills it from a plain model."""
 
 from __future__ import annotations
 
@@ -8,17 +11,20 @@ import hashlib
 import types
 from typing import Any
 
-from .emit import emit_source
+from .emit import OPTIMIZE, emit_source
+from .fold import folded_layers, load_plain_weights
 from .weights import export_weights, import_weights
 
 _MODULES: dict[str, types.ModuleType] = {}
 
 
-def emit(spec: Any, **options: Any) -> str:
-    """Standalone Keras module source for ``spec``."""
+def emit(spec: Any, optimize: str | None = None, **options: Any) -> str:
+    """Standalone Keras module source for ``spec``; ``optimize``: None or ``"inference"``."""
     if options:
         raise TypeError(f"unknown options for the keras backend: {sorted(options)}")
-    return emit_source(spec)
+    if optimize not in OPTIMIZE:
+        raise ValueError(f"optimize must be one of {list(OPTIMIZE)}, got {optimize!r}")
+    return emit_source(spec, optimize)
 
 
 def _module(spec: Any, source: str) -> types.ModuleType:
@@ -34,13 +40,21 @@ def _module(spec: Any, source: str) -> types.ModuleType:
     return module
 
 
-def build(spec: Any, **options: Any) -> Any:
+def build(spec: Any, optimize: str | None = None, **options: Any) -> Any:
     """A functional ``keras.Model`` for ``spec`` with the spec's params (after overrides).
 
-    The model is channels-last: it takes (batch, H, W, C) for the spec's (C, H, W).
+    The model is channels-last: it takes (batch, H, W, C) for the spec's (C, H, W). With
+    ``optimize="inference"`` fill it with ``load_plain_weights(model, plain)``.
     """
-    module = _module(spec, emit(spec, **options))
+    module = _module(spec, emit(spec, optimize, **options))
     return module.build(**dict(spec.params), input_shape=tuple(spec.graph.input_shape))
 
 
-__all__ = ["build", "emit", "export_weights", "import_weights"]
+__all__ = [
+    "build",
+    "emit",
+    "export_weights",
+    "folded_layers",
+    "import_weights",
+    "load_plain_weights",
+]

@@ -47,6 +47,7 @@ from rescompiler.codegen import (
 )
 from rescompiler.errors import Location, SpecError, format_path
 from rescompiler.expr import template_parts
+from rescompiler.fold import Fold, FoldPlan, fold_report, plan_folds
 from rescompiler.ir import INPUT
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
 from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase, SpecModel
@@ -67,9 +68,12 @@ HELPERS = (
     "CropTo",
     "PadTo",
     "ChannelPad",
+    "FoldedConv2D",
+    "FoldedDense",
 )
 MODULE_NAMES = ("keras", "layers", "build", "initializer", "DEFAULTS", "INPUT_SHAPE", "Any")
-MODULE_EXTRA = ("Sequence", "sys", "_pair")
+MODULE_EXTRA = ("Sequence", "sys", "_pair", "np", "fold_batchnorm", "load_plain_weights")
+OPTIMIZE = (None, "inference")
 GENERIC_VARS = ("x", "out")
 # keras.Model (and load_model) map the layer graph recursively, a frame per layer of its
 # longest path: past this many layers the generated module raises Python's recursion limit
@@ -222,8 +226,9 @@ class Plan:
 class ModuleEmitter:
     """State shared by the functions of one generated module."""
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: Any, plan: FoldPlan | None = None) -> None:
         self.spec = spec
+        self.plan = plan  # the fold plan of an inference build; None for the plain one
         self.model: SpecModel = spec.model
         self.globals_of = global_names(self.model, reads=node_reads)
         self.helpers: set[str] = set()
@@ -399,6 +404,7 @@ class BodyEmitter:
             self.vars[name] = var
             self.bound.setdefault(var, set()).add(name)
         plans = self.plan(body, set(inputs), first)
+        self.siblings = {p.local: p.node for p in plans}
         out_local = output if output is not None else plans[-1].local
         for index, p in enumerate(plans):
             for name in [*p.inputs, p.alt]:
@@ -437,11 +443,35 @@ class BodyEmitter:
         self.vars[local] = var
         self.bound[var] = {local}
 
+    def fold_of(self, path: PathKey) -> Fold | None:
+        """The fold that removes the BN node at ``path`` (inference builds only)."""
+        plan = self.m.plan
+        return plan.folds.get(format_path(path)) if plan is not None else None
+
+    def absorbed(self, path: PathKey) -> Fold | None:
+        """The fold whose BN the conv/linear node at ``path`` absorbs (inference builds)."""
+        plan = self.m.plan
+        return plan.targets.get(format_path(path)) if plan is not None else None
+
+    def layer_name(self, node: Any, local: str) -> list[Part]:
+        """The Keras name of an op node of this body."""
+        if "keras" in node.names:
+            self.fn.used |= template_names(node.names["keras"])
+            own = name_parts(node.names["keras"])
+        else:
+            own = [(False, local)]
+        return join_name(self.prefix, own)
+
     def emit_node(self, p: Plan, index: int, path: PathKey, indent: int) -> None:
         node = p.node
         for name in [*p.inputs, p.alt]:
             if name not in self.vars:
                 raise self.m.fail(path, f"unknown input {name!r}")
+        if self.fold_of(path) is not None:  # the BN lives on in its conv: output = input
+            var = self.vars[p.inputs[0]]
+            self.vars[p.local] = var
+            self.bound.setdefault(var, set()).add(p.local)
+            return
         in_vars = [self.vars[n] for n in p.inputs]
         conditional = node.when is not None
         var = self.choose(p, index, conditional)
@@ -475,9 +505,15 @@ class BodyEmitter:
         own = name_parts(node.names["keras"]) if "keras" in node.names else [(False, node.group)]
         self.fn.used |= template_names(node.names.get("keras", ""))
         inner = BodyEmitter(self.m, self.fn, join_name(self.prefix, own), self.keep)
+        inner.siblings = {
+            (child.group if isinstance(child, Group) else (child.name or str(k))): child
+            for k, child in enumerate(node.body)
+        }
         current = in_vars
         for k, child in enumerate(node.body):
             child_path = (*path, "body", k)
+            if self.fold_of(child_path) is not None:
+                continue  # the BN lives on in its conv
             if child.inputs is not None:
                 raise self.m.fail((*child_path, "inputs"), "nodes inside a group are sequential")
             if child.otherwise is not None:
@@ -575,12 +611,7 @@ class BodyEmitter:
     def emit_op(
         self, node: Any, local: str, path: PathKey, indent: int, in_vars: list[str], var: str
     ) -> None:
-        if "keras" in node.names:
-            self.fn.used |= template_names(node.names["keras"])
-            own = name_parts(node.names["keras"])
-        else:
-            own = [(False, local)]
-        name = join_name(self.prefix, own)
+        name = self.layer_name(node, local)
         chain = self.constructors(node, path, in_vars[0], var, name)
         arg = in_vars[0] if len(in_vars) == 1 else "[" + ", ".join(in_vars) + "]"
         for k, (suffix, callee, args) in enumerate(chain):
@@ -605,9 +636,13 @@ class BodyEmitter:
         if op == "linear":
             args = [src(node.out)]
             bias = self.m.default(node, "bias")
-            if bias is not True:
+            fold = self.absorbed(path)
+            if bias is not True and fold is None:
                 args.append(f"use_bias={src(bias)}")
             args += self.init_args(node, bias, f"{in_var}.shape[-1]")
+            if fold is not None:
+                self.m.helpers.add("FoldedDense")
+                return [(None, "FoldedDense", [*args, *self.fold_args(fold)])]
             return [(None, "layers.Dense", args)]
         if op in ACTIVATIONS:
             return [(None, "layers.Activation", [json.dumps(ACTIVATIONS[op])])]
@@ -682,6 +717,15 @@ class BodyEmitter:
             return [(None, "layers.Concatenate", [])]
         raise self.m.fail(path, f"op {op!r} has no keras translation")
 
+    def fold_args(self, fold: Fold) -> list[str]:
+        """``folded_bn=<the BN's Keras name>`` (and ``bn_before=True``) of a layer that absorbs
+        a BN of the same body."""
+        bn = self.siblings[fold.bn_local]
+        args = [f"folded_bn={render_name(self.layer_name(bn, fold.bn_local))}"]
+        if fold.side == "before":
+            args.append("bn_before=True")
+        return args
+
     def pad4(self, value: Any) -> str:
         """A zeropad/crop amount (int, [h, w] or [top, bottom, left, right]) for Keras."""
         if isinstance(value, list) and len(value) == 4:
@@ -710,7 +754,8 @@ class BodyEmitter:
         if not is_neutral(node.groups, 1):
             args.append(f"groups={src(node.groups)}")
         bias = self.m.default(node, "bias")
-        if bias is not True:
+        fold = self.absorbed(path)
+        if bias is not True and fold is None:
             args.append(f"use_bias={src(bias)}")
         # torch's default bias bound uses the weight's fan-in: in_channels / groups * kh * kw
         source = var if chain else in_var
@@ -719,7 +764,11 @@ class BodyEmitter:
             fan_in += f" // {parenthesise(src(node.groups))}"
         fan_in = self.times_kernel(fan_in, node.kernel)
         args += self.init_args(node, bias, fan_in)
-        chain.append((None, "layers.Conv2D", args))
+        if fold is not None:
+            self.m.helpers.add("FoldedConv2D")
+            chain.append((None, "FoldedConv2D", [*args, *self.fold_args(fold)]))
+        else:
+            chain.append((None, "layers.Conv2D", args))
         if subsample:
             chain.append(("_stride", "layers.MaxPooling2D", ["1", f"strides={pair(node.stride)}"]))
         return chain
@@ -962,9 +1011,13 @@ def model_function(m: ModuleEmitter) -> dict[str, Any]:
     }
 
 
-def emit_source(spec: Any) -> str:
-    """The generated module's source for ``spec`` (a loaded rescompiler Spec)."""
-    m = ModuleEmitter(spec)
+def emit_source(spec: Any, optimize: str | None = None) -> str:
+    """The generated module's source for ``spec`` (a loaded rescompiler Spec); with
+    ``optimize="inference"`` the inference build: BatchNorms folded into convs."""
+    if optimize not in OPTIMIZE:
+        raise ValueError(f"optimize must be one of {list(OPTIMIZE)}, got {optimize!r}")
+    plan = plan_folds(spec.model) if optimize == "inference" else None
+    m = ModuleEmitter(spec, plan)
     model = m.model
     blocks = [block_function(m, name, model.blocks[name]) for name in m.order]
     main = model_function(m)
@@ -977,15 +1030,19 @@ def emit_source(spec: Any) -> str:
     header = f"{model.name}: {clean(model.description or model.name)}\n\n"
     if model.reference:
         header += f"Reference: {clean(model.reference)}.\n\n"
+    flag = " --optimize inference" if plan is not None else ""
     header += (
         f"Generated by rescompiler from {source}; do not edit. Regenerate with "
-        f"``rescompile {source} --backend keras``. Depends only on keras (Keras 3).\n\n"
+        f"``rescompile {source} --backend keras{flag}``. Depends only on keras (Keras 3).\n\n"
         "Channels-last: the model takes (batch, H, W, C) inputs, while ``input_shape`` is "
         "(C, H, W) as in the spec. Layer names are the spec's Keras names. Importing this "
         "module registers its custom layers, which ``keras.models.load_model`` needs."
     )
+    if plan is not None:
+        header += "\n\n" + inference_notes(spec, plan)
     return ENVIRONMENT.get_template("module.py.jinja").render(
         header=header,
+        inference=plan is not None,
         helpers=sorted(m.helpers),
         needs_init=m.needs_init,
         blocks=blocks,
@@ -997,6 +1054,24 @@ def emit_source(spec: Any) -> str:
             f"{max(10_000, -(-3 * longest // 1000) * 1000):_}" if longest > DEEP_GRAPH else None
         ),
     )
+
+
+def inference_notes(spec: Any, plan: FoldPlan) -> str:
+    """The header paragraph of an inference build: what it does, what was folded, what not."""
+    rows = fold_report(spec, plan)
+    folded = sum(row.folded_into is not None for row in rows)
+    text = (
+        "Inference build: each ``FoldedConv2D``/``FoldedDense`` absorbs the BatchNorm it names "
+        "(``folded_bn``), which the model does not have; ``load_plain_weights(model, plain)`` "
+        "copies a plain model's weights by layer name and folds them. "
+        f"With the spec's params {folded} of {len(rows)} BatchNorms are folded."
+    )
+    if plan.kept:
+        text += " Kept as BatchNorm:"
+        for kept in plan.kept.values():
+            text += f" {kept};"
+        text = text[:-1] + "."
+    return text
 
 
 ENVIRONMENT = jinja2.Environment(

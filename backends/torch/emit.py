@@ -776,7 +776,7 @@ def inference_notes(spec: Any, plan: FoldPlan) -> str:
     if plan.kept:
         text += " Kept as BatchNorm:"
         for kept in plan.kept.values():
-            text += f" {kept.bn} ({kept.reason});"
+            text += f" {kept};"
         text = text[:-1] + "."
     return text
 

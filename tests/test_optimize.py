@@ -1,0 +1,298 @@
+"""Inference builds (``optimize="inference"``): BatchNorm folding computes the plain model's
+function on every spec of the library, in both backends, and folds only where it is exact."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from library import ROOT, library, small_input, spec_path
+
+import rescompiler
+from rescompiler.fold import fold_report, plan_folds
+
+
+def close(a: Any, b: Any) -> None:
+    """The equivalence policy: ``max|a-b| <= 1e-4 * max|ref| + 1e-5`` (b is the reference)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert np.isfinite(b).all()
+    diff = np.abs(a - b).max()
+    assert diff <= 1e-4 * np.abs(b).max() + 1e-5, diff
+
+
+def load(name: str, shape: list[int] | None = None) -> rescompiler.Spec:
+    return rescompiler.load_spec(spec_path(name), {"input_shape": shape} if shape else None)
+
+
+def randomise_torch_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN statistics and affine params, so folding really changes the weights."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(t: torch.Tensor, low: float, high: float) -> None:
+        t.copy_(torch.rand(t.shape, generator=generator) * (high - low) + low)
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                uniform(module.running_mean, -0.5, 0.5)
+                uniform(module.running_var, 0.5, 2.0)
+                if module.affine:
+                    uniform(module.weight, 0.5, 1.5)
+                    uniform(module.bias, -0.5, 0.5)
+
+
+def randomise_keras_bn(model: Any, seed: int = 0) -> None:
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            weights = []
+            for variable in layer.weights:  # gamma, beta, moving_mean, moving_variance
+                low, high = {
+                    "gamma": (0.5, 1.5),
+                    "beta": (-0.5, 0.5),
+                    "moving_mean": (-0.5, 0.5),
+                    "moving_variance": (0.5, 2.0),
+                }[variable.name]
+                weights.append(rng.uniform(low, high, variable.shape).astype("float32"))
+            layer.set_weights(weights)
+
+
+def bn_counts(spec: rescompiler.Spec) -> tuple[int, int]:
+    """(folded, kept) BatchNorms of the expanded graph."""
+    rows = fold_report(spec)
+    folded = sum(row.folded_into is not None for row in rows)
+    return folded, len(rows) - folded
+
+
+@pytest.mark.parametrize("name", library())
+def test_torch_inference_build_computes_the_plain_model(name: str) -> None:
+    shape = small_input(name)
+    spec = load(name, shape)
+    torch.manual_seed(0)
+    plain = rescompiler.build(spec, "torch").eval()
+    randomise_torch_bn(plain)
+    fast = rescompiler.build(spec, "torch", optimize="inference")
+    fast.load_state_dict(plain.state_dict(), strict=True)
+    assert not fast.training
+    state = fast.state_dict()
+    for row in fold_report(spec):
+        assert (f"{row.bn}.running_var" in state) == (row.folded_into is None), row
+        if row.folded_into is not None:
+            assert f"{row.folded_into}.bias" in state
+    norms = [m for m in fast.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == bn_counts(spec)[1]
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        close(fast(x), plain(x))
+
+
+@pytest.mark.parametrize("name", library())
+def test_keras_inference_build_computes_the_plain_model(name: str) -> None:
+    from backends.keras import folded_layers, load_plain_weights
+
+    shape = small_input(name)
+    spec = load(name, shape)
+    plain = rescompiler.build(spec, "keras")
+    randomise_keras_bn(plain)
+    fast = rescompiler.build(spec, "keras", optimize="inference")
+    load_plain_weights(fast, plain)
+    folded, _kept = bn_counts(spec)
+    assert len(plain.layers) - len(fast.layers) == folded == len(folded_layers(fast))
+    x = np.random.default_rng(1).standard_normal((2, shape[1], shape[2], shape[0]))
+    x = x.astype("float32")
+    close(fast(x, training=False), plain(x, training=False))
+
+
+@pytest.mark.parametrize(
+    ("name", "folded", "kept"),
+    [
+        ("resnet50v2", 32, 17),
+        ("preact_resnet164", 108, 55),
+        ("densenet121", 59, 62),
+        ("d2l_densenet", 1, 20),
+        ("resnet50", 53, 0),
+        ("unet_original", 0, 0),
+    ],
+)
+def test_fold_report_names_what_stays_a_batchnorm(name: str, folded: int, kept: int) -> None:
+    spec = load(name)
+    rows = fold_report(spec)
+    assert bn_counts(spec) == (folded, kept)
+    readers = collections.defaultdict(list)
+    for node in spec.graph.nodes:
+        for source in node.inputs:
+            readers[source].append(node)
+    for row in rows:
+        node = spec.graph.node(row.bn)
+        if row.folded_into is None:
+            # pre-activation: each kept BN feeds a ReLU (or leaves its group into one)
+            assert [r.op for r in readers[row.bn]] == ["relu"], row
+            assert "nonlinearity" in row.reason or "leaves the body" in row.reason, row
+            assert "kept" in str(row)
+        else:
+            conv = spec.graph.node(row.folded_into)
+            assert row.side == "after" and node.inputs == (conv.id,)
+            assert conv.op == "conv" and [r.id for r in readers[conv.id]] == [row.bn]
+    for backend in ("torch", "keras"):
+        source = " ".join(rescompiler.emit(spec, backend, optimize="inference").split())
+        assert f"{folded} of {folded + kept} BatchNorms are folded" in source
+        for entry in plan_folds(spec.model).kept.values():
+            assert str(entry) in source
+
+
+BEFORE_SPEC = """
+version: 1
+name: folds
+input_shape: [4, 9, 9]
+defaults:
+  bn: {eps: 0.001}
+body:
+  - {op: conv, name: stem, out: 8, kernel: 3}
+  - {op: relu, name: act}
+  - {op: bn, name: pre1}
+  - {op: conv, name: conv1, out: 8, kernel: 1, groups: 2}
+  - {op: relu, name: act1}
+  - {op: bn, name: pre2}
+  - {op: conv, name: conv2, out: 8, kernel: 3, padding: 1, bias: false}
+  - {op: conv, name: conv3, out: 6, kernel: 3, stride: 2, bias: false}
+  - {op: bn, name: post3}
+  - {op: relu, name: act3, inputs: post3}
+  - {op: conv, name: conv4, out: 6, kernel: 1, inputs: act3}
+  - {op: bn, name: shared, inputs: conv4}
+  - {op: add, name: sum, inputs: [shared, conv4]}
+  - {op: flatten, name: flat}
+  - {op: bn, name: pre5}
+  - {op: linear, name: fc, out: 5}
+"""
+
+
+@pytest.fixture
+def before_spec(write_spec) -> rescompiler.Spec:
+    return rescompiler.load_spec(write_spec(BEFORE_SPEC))
+
+
+def test_bn_before_a_conv_folds_only_where_the_conv_does_not_pad(before_spec) -> None:
+    plan = plan_folds(before_spec.model)
+    folds = {fold.bn_local: (fold.target_local, fold.side) for fold in plan.folds.values()}
+    assert folds == {
+        "pre1": ("conv1", "before"),  # grouped 1x1, no padding: exact
+        "post3": ("conv3", "after"),
+        "pre5": ("fc", "before"),  # BatchNorm1d into the linear layer
+    }
+    kept = {entry.label: entry.reason for entry in plan.kept.values()}
+    assert "zero-pads" in kept["pre2 of the model"]
+    assert "also read elsewhere" in kept["shared of the model"]
+    source = rescompiler.emit(before_spec, "torch", optimize="inference")
+    assert '("conv1", "pre1", 0.001, "before")' in source
+
+
+def test_bn_before_a_conv_torch_and_keras(before_spec) -> None:
+    from backends.keras import load_plain_weights
+
+    torch.manual_seed(0)
+    plain = rescompiler.build(before_spec, "torch").eval()
+    randomise_torch_bn(plain)
+    fast = rescompiler.build(before_spec, "torch", optimize="inference")
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 4, 9, 9)
+    with torch.no_grad():
+        expected = plain(x)
+        close(fast(x), expected)
+    # the reason pre2 stays: folding its shift into the padded conv2 is wrong at the borders
+    conv2, bn = plain.conv2, plain.pre2
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    with torch.no_grad():
+        h = plain.act1(plain.conv1(plain.pre1(plain.act(plain.stem(x)))))
+        naive = (
+            torch.nn.functional.conv2d(h, conv2.weight * scale[None, :, None, None], padding=1)
+            + (conv2.weight * shift[None, :, None, None]).sum((1, 2, 3))[None, :, None, None]
+        )
+        exact = conv2(bn(h))
+    assert (naive - exact).abs().max() > 1e-2
+    assert (naive - exact)[:, :, 1:-1, 1:-1].abs().max() < 1e-4  # only the borders differ
+    keras_plain = rescompiler.build(before_spec, "keras")
+    rescompiler.transfer_weights(before_spec, plain, keras_plain)
+    keras_fast = rescompiler.build(before_spec, "keras", optimize="inference")
+    load_plain_weights(keras_fast, keras_plain)
+    close(keras_fast(x.permute(0, 2, 3, 1).numpy(), training=False), expected.numpy())
+
+
+def test_torchvision_weights_load_into_the_inference_build() -> None:
+    for name in ("resnet50", "densenet121"):
+        torch.manual_seed(0)
+        reference = getattr(torchvision.models, name)(weights=None).eval()
+        randomise_torch_bn(reference)
+        fast = rescompiler.build(load(name), "torch", optimize="inference")
+        fast.load_state_dict(reference.state_dict(), strict=True)
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            close(fast(x), reference(x))
+
+
+def test_inference_module_fold_helper_state_dict_and_eval_only() -> None:
+    spec = load("cifar_resnet20")
+    source = rescompiler.emit(spec, "torch", optimize="inference")
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "cifar_resnet20_torch_inference", "exec"), namespace)
+    torch.manual_seed(0)
+    plain = rescompiler.build(spec, "torch").eval()
+    randomise_torch_bn(plain)
+    fast = namespace["build"]()
+    fast.load_state_dict(plain.state_dict())
+    folded = namespace["fold"](plain.state_dict())
+    assert list(folded) == list(fast.state_dict())
+    assert all(torch.equal(folded[k], v) for k, v in fast.state_dict().items())
+    again = namespace["build"]()
+    again.load_state_dict(fast.state_dict(), strict=True)  # a folded state_dict loads as is
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), fast(x))
+        assert torch.equal(torch.fx.symbolic_trace(fast)(x), fast(x))
+    with pytest.raises(RuntimeError, match="cannot train"):
+        fast.train()
+    assert fast.eval() is fast
+
+
+@pytest.mark.parametrize("backend", ["torch", "keras"])
+def test_unknown_optimize_value_names_the_allowed_ones(backend: str) -> None:
+    spec = load("cifar_resnet20")
+    with pytest.raises(ValueError, match="inference"):
+        rescompiler.emit(spec, backend, optimize="speed")
+    assert rescompiler.emit(spec, backend, optimize=None) == rescompiler.emit(spec, backend)
+
+
+def test_keras_inference_model_config_round_trips() -> None:
+    import keras
+
+    spec = load("cifar_resnet20")
+    fast = rescompiler.build(spec, "keras", optimize="inference")
+    clone = keras.Model.from_config(fast.get_config())
+    assert [layer.name for layer in clone.layers] == [layer.name for layer in fast.layers]
+    folded = {layer.name: layer.folded_bn for layer in clone.layers if hasattr(layer, "folded_bn")}
+    assert folded["conv1"] == "bn1"
+
+
+def test_inference_builds_are_lint_clean(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    for name in ("resnet50", "densenet121", "resnet50v2", "unet"):
+        for backend in ("torch", "keras"):
+            source = rescompiler.emit(load(name), backend, optimize="inference")
+            (tmp_path / f"{name}_{backend}_inference.py").write_text(source)
+    ruff = [sys.executable, "-m", "ruff"]
+    for args in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
+        result = subprocess.run(
+            [*ruff, *args, "--config", str(ROOT / "pyproject.toml")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
