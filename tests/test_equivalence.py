@@ -82,6 +82,11 @@ def test_torch_and_keras_compute_the_same_function(name: str, device: str) -> No
     with tf.device("/GPU:0" if gpu else "/CPU:0"):
         got = keras_to_torch_layout(np.asarray(target(x.transpose(0, 2, 3, 1), training=False)))
     assert_within_policy(got, expected)
+    # and back: keras → torch restores every tensor bit for bit
+    back = rescompiler.build(spec, "torch")
+    rescompiler.transfer_weights(spec, target, back)
+    reference = source.cpu().state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in back.state_dict().items())
 
 
 # -- --verify ----------------------------------------------------------------------------------
