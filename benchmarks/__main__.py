@@ -1,9 +1,11 @@
-"""Run every benchmark in one process and write benchmarks/results.{json,md}.
+"""Run every benchmark and write benchmarks/results.{json,md}.
 
     python -m benchmarks            # everything (several minutes on 2 cores)
-    python -m benchmarks --quick    # fewer repeats
+    python -m benchmarks --quick    # fewer repeats; prints, writes nothing
 
-Ratios compare against the hand-written reference measured in the same run, interleaved.
+Ratios compare against the hand-written reference measured in the same run, interleaved. The
+Keras rows run in a subprocess (``python -m benchmarks.keras_rows``): this process has the torch
+stack loaded, and importing triton after tensorflow segfaults.
 """
 
 from __future__ import annotations
@@ -31,19 +33,47 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent
 
 
-def torch_models(name: str) -> dict[str, torch.nn.Module]:
+def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine params (as training would), so
+    BN folding in the inference build changes the weights for real."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(t: torch.Tensor, low: float, high: float) -> None:
+        t.copy_(torch.rand(t.shape, generator=generator) * (high - low) + low)
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                uniform(module.running_mean, -0.1, 0.1)
+                uniform(module.running_var, 0.5, 1.5)
+                uniform(module.weight, 0.5, 1.5)
+                uniform(module.bias, -0.1, 0.1)
+    return model
+
+
+def torch_models(name: str, inference: bool = False) -> dict[str, torch.nn.Module]:
+    """torchvision's model and ours (built, generated; the inference build too when asked),
+    all with torchvision's weights."""
+    torch.manual_seed(0)
     spec = rescompiler.load_spec(ROOT / "specs" / f"{name}.yaml")
-    reference = getattr(torchvision.models, name)(weights=None).eval()
-    built = rescompiler.build(spec, "torch").eval()
-    generated = importlib.import_module(f"generated.{name}_torch").build().eval()
+    reference = trained_like(getattr(torchvision.models, name)(weights=None).eval())
+    models = {
+        "torchvision": reference,
+        "built": rescompiler.build(spec, "torch").eval(),
+        "generated": importlib.import_module(f"generated.{name}_torch").build().eval(),
+    }
+    if inference:
+        models["inference"] = rescompiler.build(spec, "torch", optimize="inference")
     state = reference.state_dict()
-    built.load_state_dict(state)
-    generated.load_state_dict(state)
-    return {"torchvision": reference, "built": built, "generated": generated}
+    for model in list(models.values())[1:]:
+        model.load_state_dict(state, strict=True)
+    return models
 
 
 def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
-    models = torch_models(name)
+    """Eval forward time and peak memory of each variant (ratios to torchvision) at each batch
+    size (``{batch: repeats}``), and the largest difference from torchvision's output."""
+    models = torch_models(name, inference=True)
     rows = []
     for batch, count in repeats.items():
         x = torch.randn(batch, 3, 224, 224)
@@ -52,9 +82,13 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
             with torch.no_grad():
                 return model(x)
 
+        outputs = {k: run(m) for k, m in models.items()}
         times = interleaved_medians({k: (lambda m=m: run(m)) for k, m in models.items()}, count)
         peaks = {k: peak_tensor_bytes(lambda m=m: run(m)) for k, m in models.items()}
-        for variant in ("built", "generated"):
+        reference = outputs["torchvision"]
+        tolerance = 1e-4 * reference.abs().max().item() + 1e-5
+        for variant in list(models)[1:]:
+            diff = (outputs[variant] - reference).abs().max().item()
             rows.append(
                 {
                     "benchmark": f"torch forward {name} b{batch} 224",
@@ -65,12 +99,32 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
                     "memory_ratio": round(peaks[variant] / peaks["torchvision"], 3),
                     "peak_mb": round(peaks[variant] / 2**20, 1),
                     "reference_peak_mb": round(peaks["torchvision"] / 2**20, 1),
+                    "max_abs_diff": float(f"{diff:.3g}"),
+                    "tolerance": float(f"{tolerance:.3g}"),
                 }
             )
     return rows
 
 
+def keras_rows(quick: bool) -> tuple[list[dict[str, Any]], str]:
+    """The Keras forward rows, measured by ``python -m benchmarks.keras_rows`` in a subprocess
+    (tensorflow must not load in this process); (rows, versions)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.keras_rows", *(["--quick"] if quick else [])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmarks.keras_rows failed:\n{result.stderr[-3000:]}")
+    document = json.loads(result.stdout.strip().splitlines()[-1])
+    return document["rows"], document["versions"]
+
+
 def train_rows(name: str, repeats: int) -> list[dict[str, Any]]:
+    """Time of one SGD step (forward, backward, update) in training mode, b8 at 128×128."""
     models = torch_models(name)
     x = torch.randn(8, 3, 128, 128)
     y = torch.randint(0, 1000, (8,))
@@ -100,6 +154,7 @@ def train_rows(name: str, repeats: int) -> list[dict[str, Any]]:
 
 
 def build_rows(name: str, repeats: int) -> list[dict[str, Any]]:
+    """Time to construct the model (parameters initialised), ours against torchvision's."""
     spec = rescompiler.load_spec(ROOT / "specs" / f"{name}.yaml")
     module = importlib.import_module(f"generated.{name}_torch")
     constructor = getattr(torchvision.models, name)
@@ -139,6 +194,7 @@ def deep_spec(layers: int, folder: Path) -> Path:
 
 
 def front_end_rows(repeats: int) -> list[dict[str, Any]]:
+    """Time of load_spec (front end) and emit for specs of growing depth."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         targets = [
@@ -172,6 +228,7 @@ def front_end_rows(repeats: int) -> list[dict[str, Any]]:
 
 
 def cold_start_rows(repeats: int) -> list[dict[str, Any]]:
+    """Wall time of a fresh ``rescompile --check`` / ``--summary`` process."""
     rows = []
     for flag in ("--check", "--summary"):
         samples = []
@@ -195,6 +252,7 @@ def cold_start_rows(repeats: int) -> list[dict[str, Any]]:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown tables, one per section."""
     lines = [f"Machine: {results['machine']}", ""]
     for section, rows in results["sections"].items():
         if not rows:
@@ -210,10 +268,23 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
+    """Run every benchmark, write results.{json,md} and print the Markdown."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     torch.set_num_threads(os.cpu_count() or 1)
     quick = args.quick
     forward_repeats = {1: 5 if quick else 21, 8: 3 if quick else 9}
@@ -221,6 +292,8 @@ def main() -> None:
     for name in ("resnet50", "densenet121"):
         if (ROOT / "specs" / f"{name}.yaml").exists():
             sections["torch forward (eval, no_grad, CPU)"] += forward_rows(name, forward_repeats)
+    rows, keras_versions = keras_rows(quick)
+    sections["keras forward (eval, tf.function, CPU)"] = rows
     sections["torch training step (forward + backward + SGD)"] = train_rows(
         "resnet50", 3 if quick else 9
     )
@@ -228,12 +301,14 @@ def main() -> None:
     sections["front end + emit"] = front_end_rows(3 if quick else 11)
     sections["cold start"] = cold_start_rows(3 if quick else 9)
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, torch {torch.__version__}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {keras_versions}; 1-minute load average "
+        f"{load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
         "sections": sections,
     }
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (OUT / "results.md").write_text(markdown(results) + "\n")
+    if not quick:
+        (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (OUT / "results.md").write_text(markdown(results) + "\n")
     print(markdown(results))
 
 

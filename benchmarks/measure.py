@@ -13,15 +13,18 @@ from typing import Any
 def interleaved_medians(
     calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
 ) -> dict[str, float]:
-    """Median seconds per call; the calls run in rounds so drift hits all of them alike."""
+    """Median seconds per call; the calls run in rounds so drift hits all of them alike, and
+    each round starts with the next call so none always runs first (after a pause) or last."""
     for _ in range(warmup):
         for call in calls.values():
             call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
+    names = list(calls)
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            call()
+            calls[name]()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 

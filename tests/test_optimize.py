@@ -89,7 +89,9 @@ def test_torch_inference_build_computes_the_plain_model(name: str) -> None:
     assert len(norms) == bn_counts(spec)[1]
     x = torch.randn(2, *shape)
     with torch.no_grad():
-        close(fast(x), plain(x))
+        y = fast(x)
+        close(y, plain(x))
+    assert y.is_contiguous()  # channels-last inside, the usual layout outside
 
 
 @pytest.mark.parametrize("name", library())
@@ -255,6 +257,7 @@ def test_inference_module_fold_helper_state_dict_and_eval_only() -> None:
     with torch.no_grad():
         assert torch.equal(again(x), fast(x))
         assert torch.equal(torch.fx.symbolic_trace(fast)(x), fast(x))
+    assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(RuntimeError, match="cannot train"):
         fast.train()
     assert fast.eval() is fast

@@ -755,6 +755,8 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
             "folded": folded_lines(scope.folded),
         },
         inference=plan is not None,
+        channels_last=plan is not None and len(spec.graph.input_shape) == 3,
+        output_rank=len(spec.graph.shape_of(spec.graph.output)),
         defaults=[(json.dumps(k), literal(v)) for k, v in spec.params.items()],
         input_shape=literal(spec.graph.input_shape),
         needs_init=any(
@@ -770,7 +772,8 @@ def inference_notes(spec: Any, plan: FoldPlan) -> str:
     text = (
         "Inference build: load a plain model's state_dict (``load_state_dict`` folds each "
         "BatchNorm listed in a class's ``FOLDED_BN`` into its conv; ``fold`` shows the result); "
-        "ReLUs run in place. The model stays in eval mode and refuses ``train()``. "
+        "ReLUs run in place; images and convolutions are channels-last (NHWC), faster on CPU "
+        "(``x`` is converted on entry). The model stays in eval mode and refuses ``train()``. "
         f"With the spec's params {folded} of {len(rows)} BatchNorms are folded."
     )
     if plan.kept:

@@ -1,0 +1,110 @@
+"""Keras forward latency and peak memory against keras.applications, printed as JSON rows.
+
+    python -m benchmarks.keras_rows [--quick]
+
+Run in its own process (``python -m benchmarks`` does): importing triton after tensorflow
+segfaults, and the torch rows import it. Each model runs as a ``tf.function`` of
+``model(x, training=False)`` (graph mode, as ``predict`` runs it; eager calls are twice as slow
+for every model alike), the reference and ours called the same way, interleaved. Weights are the
+reference's, copied by layer name, so the outputs are compared too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .measure import interleaved_medians
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {"resnet50v2": "ResNet50V2", "resnet50v1": "ResNet50"}
+
+
+def keras_models(name: str) -> dict[str, Any]:
+    """keras.applications' model and ours (built, generated), all with the reference weights."""
+    import keras
+
+    import rescompiler
+
+    reference = getattr(keras.applications, MODELS[name])(weights=None)
+    spec = rescompiler.load_spec(ROOT / "specs" / f"{name}.yaml")
+    built = rescompiler.build(spec, "keras")
+    generated = importlib.import_module(f"generated.{name}_keras").build()
+    for model in (built, generated):
+        for layer in reference.layers:
+            if layer.weights:
+                model.get_layer(layer.name).set_weights(layer.get_weights())
+    return {"keras.applications": reference, "built": built, "generated": generated}
+
+
+def peak_bytes(call: Any) -> int:
+    """Peak bytes TF allocates on the CPU during ``call``, above what was live before it."""
+    import tensorflow as tf
+
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    call()
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+
+def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
+    """Latency and peak memory of each variant at each batch size, as ratios to the reference."""
+    import numpy as np
+    import tensorflow as tf
+
+    models = keras_models(name)
+    functions = {
+        key: tf.function(lambda x, model=model: model(x, training=False))
+        for key, model in models.items()
+    }
+    rows = []
+    for batch, count in repeats.items():
+        x = tf.constant(np.random.default_rng(0).standard_normal((batch, 224, 224, 3)), tf.float32)
+        outputs = {key: np.asarray(fn(x)) for key, fn in functions.items()}
+        times = interleaved_medians(
+            {k: (lambda f=f, x=x: f(x)) for k, f in functions.items()}, count
+        )
+        peaks = {k: peak_bytes(lambda f=f, x=x: f(x)) for k, f in functions.items()}
+        ref = "keras.applications"
+        for variant in ("built", "generated"):
+            rows.append(
+                {
+                    "benchmark": f"keras forward {name} b{batch} 224",
+                    "variant": variant,
+                    "reference_ms": round(times[ref] * 1e3, 2),
+                    "ms": round(times[variant] * 1e3, 2),
+                    "time_ratio": round(times[variant] / times[ref], 3),
+                    "memory_ratio": round(peaks[variant] / peaks[ref], 3),
+                    "peak_mb": round(peaks[variant] / 2**20, 1),
+                    "reference_peak_mb": round(peaks[ref] / 2**20, 1),
+                    "max_abs_diff": float(np.abs(outputs[variant] - outputs[ref]).max()),
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    """Print the Keras rows as one JSON document on stdout."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.keras_rows")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    repeats = {1: 5 if args.quick else 21, 8: 3 if args.quick else 9}
+    rows = []
+    for name in MODELS:
+        rows += forward_rows(name, repeats)
+    versions = f"tensorflow {tf.__version__}, keras {keras.__version__}"
+    json.dump({"versions": versions, "rows": rows}, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
