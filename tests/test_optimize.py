@@ -16,6 +16,16 @@ import rescompiler
 from rescompiler.fold import fold_report, plan_folds
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Any:
+    """Small inputs gain nothing from threads, and ``-n 2`` on two cores with two torch threads
+    per worker oversubscribes the cores (OpenMP spin-waits): one thread each here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def close(a: Any, b: Any) -> None:
     """The equivalence policy: ``max|a-b| <= 1e-4 * max|ref| + 1e-5`` (b is the reference)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
