@@ -32,6 +32,7 @@ from .errors import format_path
 from .schema import BlockCall, Group, SpecModel
 
 TARGETS = ("conv", "linear")
+NONLINEAR = {"relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax", "maxpool"}
 Side = Literal["after", "before"]
 
 
@@ -226,7 +227,7 @@ def _after_reason(
         return "it is conditional"
     what = _describe(source, entry.inputs[0])
     if source is None or _op(source.node) not in TARGETS:
-        return f"it follows {what}, not a conv"
+        return f"it follows {what}, not a conv or linear layer"
     if source.node.when is not None:
         return f"it follows {what}, which is conditional"
     if len(readers[source.local]) != 1:
@@ -249,15 +250,15 @@ def _before_reason(
     op = _op(user.node)
     if op not in TARGETS:
         what = _describe(user, "")
-        nonlinear = op not in (None, "add", "concat", "bn")
-        why = "a nonlinearity: no fold into the next conv" if nonlinear else "not a conv"
-        return f"it feeds {what}, {why}", None
+        if op in NONLINEAR:
+            return f"it feeds {what}, a nonlinearity: no fold into the next conv", None
+        return f"it feeds {what}, not a conv or linear layer", None
     if user.node.when is not None or user.inputs != [entry.local]:
         return f"it feeds {op} {user.local!r}, which is conditional or reads other inputs", None
     if not _zero_padding(user.node):
         return (
-            f"it feeds {op} {user.local!r}, which zero-pads: folding the BN's shift would be "
-            "wrong at the borders",
+            f"it feeds {op} {user.local!r}, which zero-pads (or may, with other params): "
+            "folding the BN's shift would be wrong at the borders",
             None,
         )
     return None, users[0]
