@@ -309,3 +309,92 @@ def test_inference_builds_are_lint_clean(tmp_path) -> None:
             text=True,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["resnet18", "resnet50v1", "resnet50v2", "preact_resnet164", "densenet121", "cifar_resnet20"],
+)
+def test_in_place_relu_and_add_keep_training_exact(name: str) -> None:
+    """The plain build's in-place ReLUs and ``+=`` (where the value dies there) change neither
+    the caller's input nor any gradient: the same model with out-of-place ReLUs agrees bit for
+    bit, and autograd would raise had a saved tensor been overwritten."""
+    shape = small_input(name)
+    spec = load(name, shape)
+    torch.manual_seed(0)
+    model = rescompiler.build(spec, "torch").train()
+    inplace = [m for m in model.modules() if isinstance(m, torch.nn.ReLU) and m.inplace]
+    assert inplace
+    source = rescompiler.emit(spec, "torch")
+    assert " += " in source or name == "densenet121"
+    reference = rescompiler.build(spec, "torch").train()
+    reference.load_state_dict(model.state_dict())
+    for module in reference.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+    x = torch.randn(2, *shape)
+    before = x.clone()
+    outputs = []
+    for net in (model, reference):
+        y = net(x)
+        y.square().sum().backward()
+        outputs.append(y)
+    assert torch.equal(x, before)
+    assert torch.equal(outputs[0], outputs[1])
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
+
+
+INPLACE_SPEC = """
+version: 1
+name: inplace_rules
+input_shape: [4, 6, 6]
+blocks:
+  unit:
+    body:
+      - {op: relu, name: pre}  # reads the block input: never in place
+      - {op: conv, name: conv, out: 4, kernel: 3, padding: 1}
+      - {op: relu, name: act}  # conv is read again below: not in place
+      - {op: add, name: sum, inputs: [conv, act]}  # conv read again, act saved by autograd
+      - {op: add, name: sum2, inputs: [act, conv]}
+      - {op: add, name: out, inputs: [input, sum, sum2]}
+      - {op: conv, name: proj, out: 4, kernel: 1}
+      - {op: bn, name: bn}
+      - {op: add, name: res, inputs: [out, bn]}  # both die here: +=
+      - {op: relu, name: act2}  # in place
+body:
+  - {block: unit, name: u1}
+  - {op: relu, name: last}  # reads a block's output: not in place
+"""
+
+
+def test_in_place_only_where_the_value_dies_and_no_backward_reads_it(write_spec) -> None:
+    spec = rescompiler.load_spec(write_spec(INPLACE_SPEC))
+    source = rescompiler.emit(spec, "torch")
+    assert source.count("inplace=True") == 1 and "self.act2 = nn.ReLU(inplace=True)" in source
+    assert source.count(" += ") == 1
+    torch.manual_seed(0)
+    model = rescompiler.build(spec, "torch").eval()
+    randomise_torch_bn(model)
+    unit = model.u1
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    before = x.detach().clone()
+    y = model(x)
+    y.square().sum().backward()
+    grads = [x.grad, *(p.grad for p in model.parameters())]
+    x.grad = None
+    model.zero_grad()
+
+    def expected(x: torch.Tensor) -> torch.Tensor:  # the spec, written out of place
+        conv = torch.nn.functional.conv2d(x.relu(), unit.conv.weight, unit.conv.bias, padding=1)
+        act = conv.relu()
+        out = x + (conv + act) + (act + conv)
+        bn = unit.bn(unit.proj(out))
+        return (out + bn).relu().relu()
+
+    z = expected(x)
+    z.square().sum().backward()
+    assert torch.equal(x.detach(), before)
+    assert torch.equal(y, z)
+    for a, b in zip(grads, [x.grad, *(p.grad for p in model.parameters())], strict=True):
+        assert torch.equal(a, b)
