@@ -224,11 +224,8 @@ def load(data: dict[str, Any], tmp: Path) -> rescompiler.Spec | None:
         return None
 
 
-def check_equivalence(data: dict[str, Any], tmp: Path) -> None:
+def check_equivalence(spec: rescompiler.Spec) -> None:
     """Build both backends, transfer, compare outputs and parameter counts."""
-    spec = load(data, tmp)
-    assume(spec is not None)
-    assert spec is not None
     torch.manual_seed(0)
     source = rescompiler.build(spec, "torch")
     randomize_batchnorm(source, seed=1)
@@ -252,7 +249,7 @@ def check_equivalence(data: dict[str, Any], tmp: Path) -> None:
     assert got.shape == expected.shape
     diff = float(np.abs(got - expected).max())
     bound = 1e-4 * float(np.abs(expected).max()) + 1e-5
-    assert diff <= bound, f"max|a-b| = {diff:.3g} > {bound:.3g}\n{yaml.safe_dump(data)}"
+    assert diff <= bound, f"max|a-b| = {diff:.3g} > {bound:.3g}\n{Path(spec.file).read_text()}"
 
 
 @settings(
@@ -266,7 +263,10 @@ def check_equivalence(data: dict[str, Any], tmp: Path) -> None:
 def test_random_specs_compute_the_same_function_in_torch_and_keras(
     data: dict[str, Any], tmp_path: Path
 ) -> None:
-    check_equivalence(data, tmp_path)
+    spec = load(data, tmp_path)
+    assume(spec is not None)  # strides drove a spatial size below 1
+    assert spec is not None
+    check_equivalence(spec)
 
 
 if SEED is not None:
@@ -333,4 +333,6 @@ REGRESSIONS: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("case", sorted(REGRESSIONS))
 def test_shrunk_failures_stay_fixed(case: str, tmp_path: Path) -> None:
-    check_equivalence(REGRESSIONS[case], tmp_path)
+    spec = load(REGRESSIONS[case], tmp_path)
+    assert spec is not None
+    check_equivalence(spec)
