@@ -57,8 +57,8 @@ def _padding(draw: st.DrawFn, kernel: int, dilation: int) -> Any:
 def _conv(
     draw: st.DrawFn, name: str, out: Any, stride: Any = 1, groups: bool = True
 ) -> list[dict[str, Any]]:
-    """A conv keeping the size at stride 1; asymmetric padding goes to a zeropad before it
-    (torch's Conv2d pads symmetrically: the torch backend asks for that form)."""
+    """A conv keeping the size at stride 1; asymmetric padding on the conv itself or as a
+    zeropad node before it."""
     kernel = draw(st.sampled_from([1, 3, 5]))
     dilation = draw(st.sampled_from([1, 1, 2])) if kernel > 1 else 1
     node: dict[str, Any] = {"op": "conv", "name": name, "out": out, "kernel": kernel}
@@ -66,11 +66,8 @@ def _conv(
         node["stride"] = stride
     padding = _padding(draw, kernel, dilation)
     before: list[dict[str, Any]] = []
-    if (
-        isinstance(padding, list)
-        and len(padding) == 4
-        and (padding[0] != padding[1] or padding[2] != padding[3])
-    ):
+    uneven = isinstance(padding, list) and len(padding) == 4 and padding[::2] != padding[1::2]
+    if uneven and draw(st.booleans()):  # as a zeropad node, or on the conv itself
         before.append({"op": "zeropad", "name": f"{name}_pad", "padding": padding})
     elif padding != 0:
         node["padding"] = padding
@@ -309,6 +306,50 @@ REGRESSIONS: dict[str, dict[str, Any]] = {
             {"op": "bn", "name": "stem_bn"},
             {"op": "relu"},
             {"block": "dense", "name": "stage1", "repeat": 1, "args": {"out": 4}},
+        ],
+    ),
+    # the torch backend refused asymmetric conv padding; now a PaddedConv2d pads in forward
+    "asymmetric conv padding": _regression(
+        {
+            "blk": {
+                "params": {"out": None},
+                "body": [
+                    {
+                        "op": "conv",
+                        "name": "c",
+                        "out": "out",
+                        "kernel": [3, 2],
+                        "padding": [0, 2, 1, 0],
+                    },
+                    {"op": "bn", "name": "bn"},
+                    {
+                        "group": "short",
+                        "inputs": "input",
+                        "body": [
+                            {
+                                "op": "conv",
+                                "name": "proj",
+                                "out": "out",
+                                "kernel": 3,
+                                "padding": [2, 0, 1, 1],
+                                "bias": False,
+                            },
+                        ],
+                    },
+                    {"op": "add", "inputs": ["bn", "short"]},
+                ],
+            }
+        },
+        [
+            {
+                "op": "conv",
+                "name": "stem",
+                "out": 4,
+                "kernel": 3,
+                "stride": 2,
+                "padding": [1, 0, 0, 1],
+            },
+            {"block": "blk", "name": "layer", "repeat": 2, "args": {"out": 8}},
         ],
     ),
     # Keras' Conv2D refuses strides > 1 together with dilation_rate > 1

@@ -41,7 +41,7 @@ ACTIVATIONS = {
     "identity": "nn.Identity",
     "flatten": "nn.Flatten",
 }
-HELPERS = ("Crop", "CropTo", "PadTo", "Subsample", "ChannelPad", "GlobalPool")
+HELPERS = ("Crop", "CropTo", "PadTo", "Subsample", "ChannelPad", "GlobalPool", "PaddedConv2d")
 TORCH_DEFAULT_INIT = {("bn", "weight"): "ones", ("bn", "bias"): "zeros"}
 BUILTIN_DEFAULTS = {"bias": True, "eps": 1e-5, "momentum": 0.1}
 MODULE_ATTRIBUTES = {"training", "forward", "out_channels", "T_destination", "dump_patches"}
@@ -157,6 +157,15 @@ class BodyEmitter:
             cls = "nn.Conv2d" if op == "conv" else "nn.ConvTranspose2d"
             out = py(node.out)  # type: ignore[attr-defined]
             args: list[str] = [unwrap(cin), out, f"kernel_size={_pair(node.kernel)}"]  # type: ignore[attr-defined]
+            pad = getattr(node, "padding", 0)
+            uneven = (
+                isinstance(pad, list) and len(pad) == 4 and (pad[0], pad[2]) != (pad[1], pad[3])
+            )
+            if op == "conv" and uneven:  # nn.Conv2d pads symmetrically
+                cls = "PaddedConv2d"
+                self.s.helpers.add(cls)
+                t, b, left, r = (py(v) for v in pad)
+                args.append(f"pad=({left}, {r}, {t}, {b})")
             for name, neutral in (
                 ("stride", 1),
                 ("padding", 0),
@@ -271,9 +280,7 @@ class BodyEmitter:
         if isinstance(value, list) and len(value) == 4:
             t, b, left, r = value
             if t != b or left != r:
-                raise self.fail(
-                    index, "asymmetric conv padding: put a zeropad node before the conv"
-                )
+                return None  # PaddedConv2d pads in its forward
             return _pair([t, left])
         return _pair(value)
 
