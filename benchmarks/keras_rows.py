@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,13 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
         times = interleaved_medians(
             {k: (lambda f=f, x=x: f(x)) for k, f in functions.items()}, count
         )
-        peaks = {k: peak_bytes(lambda f=f, x=x: f(x)) for k, f in functions.items()}
+        # the allocator's peak varies by a few hundred kB from call to call: median of 5,
+        # taken in interleaved rounds like the times
+        samples: dict[str, list[int]] = {k: [] for k in functions}
+        for _ in range(5):
+            for k, f in functions.items():
+                samples[k].append(peak_bytes(lambda f=f, x=x: f(x)))
+        peaks = {k: statistics.median(v) for k, v in samples.items()}
         ref = "keras.applications"
         for variant in ("built", "generated"):
             rows.append(
