@@ -10,7 +10,8 @@ import keyword
 import re
 import textwrap
 import tokenize
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
+from pathlib import Path
 from typing import Any
 
 from .expr import parse_expr, template_parts
@@ -238,3 +239,35 @@ def clean(text: str) -> str:
     """Make text safe inside a triple-quoted docstring."""
     cleaned = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in text)
     return cleaned.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').strip()
+
+
+def local_name(node: Any, index: int, taken: Container[str], in_group: bool = False) -> str:
+    """A body node's local name as the expander gives it: its group or ``name``, its position
+    inside a group, else its op (or block) with the first free ``_k`` suffix."""
+    if isinstance(node, Group):
+        return node.group
+    if node.name:
+        return node.name
+    if in_group:
+        return str(index)
+    default = node.block if isinstance(node, BlockCall) else node.op
+    name, k = default, 1
+    while name in taken:
+        name, k = f"{default}_{k}", k + 1
+    return name
+
+
+def template_environment(templates: Path) -> Any:
+    """The Jinja2 environment the emitters render with (strict, no autoescape, line-exact)."""
+    import jinja2  # only emitting needs it; ``--check`` stays light
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+    environment.filters["docstring"] = docstring
+    return environment

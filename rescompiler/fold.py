@@ -28,6 +28,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from .attrs import BUILTIN_DEFAULTS
+from .codegen import local_name
 from .errors import format_path
 from .schema import BlockCall, Group, SpecModel
 
@@ -144,17 +145,7 @@ def _plan_body(
     taken = set(visible)
     previous = first
     for index, node in enumerate(body):
-        if isinstance(node, Group):
-            local = node.group
-        elif node.name:
-            local = node.name
-        elif in_group:
-            local = str(index)
-        else:
-            default = node.block if isinstance(node, BlockCall) else node.op
-            local, k = default, 1
-            while local in taken:
-                local, k = f"{default}_{k}", k + 1
+        local = local_name(node, index, taken, in_group)
         taken.add(local)
         if node.inputs is None:
             names = [previous]
@@ -321,3 +312,14 @@ def fold_report(spec: Any, plan: FoldPlan | None = None) -> list[FoldReportRow]:
 
 
 __all__ = ["Fold", "FoldPlan", "FoldReportRow", "Kept", "fold_report", "plan_folds"]
+
+
+def fold_notes(spec: Any, plan: FoldPlan, intro: str) -> str:
+    """An inference build's header paragraph: ``intro`` (what the backend does), then how many
+    BatchNorms fold with the spec's params and why the others stay."""
+    rows = fold_report(spec, plan)
+    folded = sum(row.folded_into is not None for row in rows)
+    text = f"{intro} With the spec's params {folded} of {len(rows)} BatchNorms are folded."
+    if plan.kept:
+        text += " Kept as BatchNorm:" + ";".join(f" {kept}" for kept in plan.kept.values()) + "."
+    return text

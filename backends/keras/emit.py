@@ -30,24 +30,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from rescompiler.attrs import BUILTIN_DEFAULTS
 from rescompiler.codegen import (
     Namespace,
     annotation,
     camel,
     clean,
-    docstring,
     global_names,
     literal,
+    local_name,
     py,
+    template_environment,
     used_blocks,
     value_names,
 )
 from rescompiler.errors import Location, SpecError, format_path
 from rescompiler.expr import template_parts
-from rescompiler.fold import Fold, FoldPlan, fold_report, plan_folds
+from rescompiler.fold import Fold, FoldPlan, fold_notes, plan_folds
 from rescompiler.ir import INPUT
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
 from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase, SpecModel
@@ -370,16 +369,8 @@ class BodyEmitter:
         """Local names and inputs of each node, named as the expander names them."""
         plans = []
         previous = first
-        for node in body:
-            if isinstance(node, Group):
-                local = node.group
-            elif node.name:
-                local = node.name
-            else:
-                default = node.block if isinstance(node, BlockCall) else node.op
-                local, k = default, 1
-                while local in taken:
-                    local, k = f"{default}_{k}", k + 1
+        for index, node in enumerate(body):
+            local = local_name(node, index, taken)
             taken.add(local)
             if node.inputs is None:
                 names = list(previous)
@@ -1058,28 +1049,16 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
 
 def inference_notes(spec: Any, plan: FoldPlan) -> str:
     """The header paragraph of an inference build: what it does, what was folded, what not."""
-    rows = fold_report(spec, plan)
-    folded = sum(row.folded_into is not None for row in rows)
-    text = (
-        "Inference build: each ``FoldedConv2D``/``FoldedDense`` absorbs the BatchNorm it names "
-        "(``folded_bn``), which the model does not have; ``load_plain_weights(model, plain)`` "
-        "copies a plain model's weights by layer name and folds them. "
-        f"With the spec's params {folded} of {len(rows)} BatchNorms are folded."
+    return fold_notes(
+        spec,
+        plan,
+        (
+            "Inference build: each ``FoldedConv2D``/``FoldedDense`` absorbs the BatchNorm it "
+            "names (``folded_bn``), which the model does not have; "
+            "``load_plain_weights(model, plain)`` copies a plain model's weights by layer name "
+            "and folds them."
+        ),
     )
-    if plan.kept:
-        text += " Kept as BatchNorm:"
-        for kept in plan.kept.values():
-            text += f" {kept};"
-        text = text[:-1] + "."
-    return text
 
 
-ENVIRONMENT = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES),
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-)
-ENVIRONMENT.filters["docstring"] = docstring
+ENVIRONMENT = template_environment(TEMPLATES)

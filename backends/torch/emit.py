@@ -10,22 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from rescompiler.codegen import (
     Namespace,
     annotation,
     camel,
-    docstring,
     fstring,
     global_names,
     literal,
+    local_name,
     py,
+    template_environment,
     used_blocks,
 )
 from rescompiler.codegen import clean as _docstring
 from rescompiler.errors import SpecError
-from rescompiler.fold import Fold, FoldPlan, fold_report, plan_folds
+from rescompiler.fold import Fold, FoldPlan, fold_notes, plan_folds
 from rescompiler.ir import IRNode
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
 from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase
@@ -124,17 +123,7 @@ class BodyEmitter:
         return layout(indent, "", Call(f"{self.owner}.add_module", (json.dumps(local), value)))
 
     def local_name(self, node: Any, index: int) -> str:
-        if isinstance(node, Group):
-            return node.group
-        if node.name:
-            return node.name
-        if self.in_group:
-            return str(index)
-        default = node.block if isinstance(node, BlockCall) else node.op
-        name, k = default, 1
-        while name in self.taken:
-            name, k = f"{default}_{k}", k + 1
-        return name
+        return local_name(node, index, self.taken, self.in_group)
 
     def new_var(self, local: str) -> str:
         return self.s.var_ns.create(local if not local.isdigit() else f"out{local}")
@@ -774,21 +763,17 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
 
 def inference_notes(spec: Any, plan: FoldPlan) -> str:
     """The header paragraph of an inference build: what it does, what was folded, what not."""
-    rows = fold_report(spec, plan)
-    folded = sum(row.folded_into is not None for row in rows)
-    text = (
-        "Inference build: load a plain model's state_dict (``load_state_dict`` folds each "
-        "BatchNorm listed in a class's ``FOLDED_BN`` into its conv; ``fold`` shows the result); "
-        "ReLUs run in place; images and convolutions are channels-last (NHWC), faster on CPU "
-        "(``x`` is converted on entry). The model stays in eval mode and refuses ``train()``. "
-        f"With the spec's params {folded} of {len(rows)} BatchNorms are folded."
+    return fold_notes(
+        spec,
+        plan,
+        (
+            "Inference build: load a plain model's state_dict (``load_state_dict`` folds "
+            "each BatchNorm listed in a class's ``FOLDED_BN`` into its conv; ``fold`` shows the "
+            "result); ReLUs run in place; images and convolutions are channels-last (NHWC), "
+            "faster on CPU (``x`` is converted on entry). The model stays in eval mode and "
+            "refuses ``train()``."
+        ),
     )
-    if plan.kept:
-        text += " Kept as BatchNorm:"
-        for kept in plan.kept.values():
-            text += f" {kept};"
-        text = text[:-1] + "."
-    return text
 
 
 def unwrap(expr: str) -> str:
@@ -804,12 +789,4 @@ def unwrap(expr: str) -> str:
     return expr[1:-1]
 
 
-ENVIRONMENT = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES),
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-)
-ENVIRONMENT.filters["docstring"] = docstring
+ENVIRONMENT = template_environment(TEMPLATES)
