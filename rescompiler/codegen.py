@@ -271,3 +271,105 @@ def template_environment(templates: Path) -> Any:
     )
     environment.filters["docstring"] = docstring
     return environment
+
+
+Condition = bool | str  # True, False, or Python source over a body's params
+
+
+def _top_level(source: str, word: str) -> list[str]:
+    """``source`` split at ``word`` (e.g. `` and ``) outside brackets and strings."""
+    parts, depth, start, k, quote = [], 0, 0, 0, ""
+    while k < len(source):
+        char = source[k]
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif depth == 0 and source.startswith(word, k):
+            parts.append(source[start:k])
+            start = k = k + len(word)
+            continue
+        k += 1
+    return [*parts, source[start:]]
+
+
+def _conjuncts(source: str) -> list[str]:
+    """The operands of a top-level ``and`` chain; one item when ``or``/``if`` binds looser."""
+    if len(_top_level(source, " or ")) > 1 or len(_top_level(source, " if ")) > 1:
+        return [f"({source})"]
+    return _top_level(source, " and ")
+
+
+def all_of(a: Condition, b: Condition) -> Condition:
+    """``a and b``, simplified: constants vanish and repeated operands are written once."""
+    if a is False or b is False:
+        return False
+    if a is True:
+        return b
+    if b is True:
+        return a
+    return " and ".join(dict.fromkeys([*_conjuncts(str(a)), *_conjuncts(str(b))]))
+
+
+def any_of(terms: Iterable[Condition]) -> Condition:
+    """``t1 or t2 or ...``, simplified (True absorbs, False and repeats vanish)."""
+    kept: list[str] = []
+    for term in terms:
+        if term is True:
+            return True
+        if term is not False and term not in kept:
+            kept.append(str(term))
+    if not kept:
+        return False
+    if any(f"not {t}" in kept or f"not ({t})" in kept for t in kept):
+        return True  # x or not x
+    return " or ".join(f"({t})" if " if " in t else t for t in kept)
+
+
+def negation(a: Condition) -> Condition:
+    """``not a``."""
+    if isinstance(a, bool):
+        return not a
+    return f"not ({a})" if " " in a else f"not {a}"
+
+
+def liveness(
+    entries: Iterable[tuple[str, list[str], str, Condition | None]], output: str
+) -> list[Condition]:
+    """Where each node of a body reaches the body's ``output``: True, False (never: the front
+    end drops it and warns) or a condition over the params. ``entries`` gives, per node in
+    order, its local name, input names, the name passed on when it is off, and its ``when``
+    (None: always on). The expander decides the same per block instance; an emitter that
+    writes one class per template builds a node only where this holds."""
+    rows = list(entries)
+    reach: dict[str, list[Condition]] = {output: [True]}
+    live: list[Condition] = [False] * len(rows)
+    for k in range(len(rows) - 1, -1, -1):
+        local, inputs, alt, when = rows[k]
+        here = live[k] = any_of(reach.get(local, []))
+        if here is False:
+            continue
+        on = True if when is None else when
+        for name in dict.fromkeys([*inputs, alt]):
+            if name in inputs and (name == alt or on is True):
+                term = here
+            elif name in inputs:
+                term = all_of(here, on)
+            elif on is True:
+                continue
+            else:
+                term = all_of(here, negation(on))
+            reach.setdefault(name, []).append(term)
+    return live
+
+
+def when_source(node: Any, translate: Callable[[Any], str] = py) -> Condition | None:
+    """A node's ``when`` for :func:`liveness`: None (always on), a literal bool, or source."""
+    when = node.when
+    if when is None or isinstance(when, bool):
+        return when
+    return translate(when)

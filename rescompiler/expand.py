@@ -75,6 +75,8 @@ class Expander:
         self.params = 0
         self.conditional: set[str] = set()
         self.stack: list[str] = []
+        # merges switched off without ``otherwise``: (path, op, input names, input ids)
+        self.off_merges: list[tuple[PathKey, str, list[str], list[str]]] = []
 
     # -- diagnostics -------------------------------------------------------------------
     def error(self, path: PathKey, message: str, key: str | None = None, where: str = "") -> None:
@@ -105,11 +107,25 @@ class Expander:
         for node in reversed(self.nodes):
             if node.id in live:
                 live.update(node.inputs)
+        dead: dict[tuple[Location, str], list[str]] = {}
         for node in self.nodes:
             if node.id not in live and node.id not in self.conditional:
+                dead.setdefault((node.location, node.spec_path), []).append(node.id)
+        for path, op, names, ids in self.off_merges:
+            lost = [name for name, id_ in zip(names[1:], ids[1:], strict=False) if id_ not in live]
+            if lost and ids[0] in live:
                 self.sink.warning(
-                    node.location, node.spec_path, f"{node.id} does not reach the output"
+                    self.locate(path),
+                    format_path(path),
+                    f"where 'when' is false this {op} passes its first "
+                    f"input {names[0]!r} on and {', '.join(map(repr, lost))} "
+                    f"{'goes' if len(lost) == 1 else 'go'} unused: "
+                    "list the input to keep first, or name it with 'otherwise'",
                 )
+        for (location, spec_path), ids in dead.items():  # one warning per spec line
+            others = ", ".join(ids[1:4]) + (f" and {len(ids) - 4} more" if len(ids) > 4 else "")
+            also = f" (nor do {others})" if others else ""
+            self.sink.warning(location, spec_path, f"{ids[0]} does not reach the output{also}")
         nodes = [n for n in self.nodes if n.id in live]
         seen: dict[str, str] = {}
         for node in nodes:
@@ -190,6 +206,10 @@ class Expander:
         enabled = self._when(node, path, scope)
         if not enabled:
             target: str | None = inputs[0]
+            if getattr(node, "op", None) in ("add", "concat") and node.otherwise is None:
+                names = [node.inputs] if isinstance(node.inputs, str) else list(node.inputs or [])
+                refs = [i for i in inputs if i is not None]
+                self.off_merges.append((path, node.op, names, refs))
             if node.otherwise is not None:
                 if node.otherwise not in scope.locals:
                     self.error(

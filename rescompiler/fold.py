@@ -16,8 +16,9 @@ conv; one after an add or a concat has no conv to fold into. Those stay BatchNor
 
 Decisions are taken per body of the spec (a block template's, a group's, the model's), from its
 syntax, so the code emitted once per template is right for every instance and for any params:
-both nodes unconditional (no ``when``), in the same body, and the value between them read by
-nobody else. ``fold_report`` lists, per BN of the expanded graph, where it went or why it stayed.
+both nodes unconditional (no ``when``, used in every instance), in the same body, and the value
+between them read by nobody else. ``fold_report`` lists, per BN of the expanded graph, where it
+went or why it stayed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from .attrs import BUILTIN_DEFAULTS
-from .codegen import local_name
+from .codegen import liveness, local_name, when_source
 from .errors import format_path
 from .schema import BlockCall, Group, SpecModel
 
@@ -89,11 +90,12 @@ class FoldReportRow:
         return f"{self.bn}: folded into {self.folded_into} ({self.side})"
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Entry:
     node: Any
     local: str
     inputs: list[str]
+    always: bool = True  # built in every block (False: conditional, or used only in some)
 
 
 def _op(node: Any) -> str | None:
@@ -158,6 +160,18 @@ def _plan_body(
             _plan_body(
                 model, node.body, (*path, index, "body"), set(), names[0], None, inside, plan
             )
+    for entry in entries:
+        entry.always = entry.node.when is None
+    if not in_group:
+        reach = liveness(
+            (
+                (e.local, e.inputs, e.node.otherwise or e.inputs[0], when_source(e.node))
+                for e in entries
+            ),
+            output or entries[-1].local,
+        )
+        for entry, where_used in zip(entries, reach, strict=True):
+            entry.always = entry.always and where_used is True
     readers: dict[str, list[int]] = defaultdict(list)
     for index, entry in enumerate(entries):
         for name in entry.inputs:
@@ -214,13 +228,13 @@ def _after_reason(
     entry: _Entry, source: _Entry | None, readers: dict[str, list[int]]
 ) -> str | None:
     """Why ``entry`` (a BN) cannot fold into the node before it; None when it can."""
-    if entry.node.when is not None:
-        return "it is conditional"
+    if not entry.always:
+        return "it is conditional or unused in some blocks"
     what = _describe(source, entry.inputs[0])
     if source is None or _op(source.node) not in TARGETS:
         return f"it follows {what}, not a conv or linear layer"
-    if source.node.when is not None:
-        return f"it follows {what}, which is conditional"
+    if not source.always:
+        return f"it follows {what}, which is conditional or unused in some blocks"
     if len(readers[source.local]) != 1:
         return f"the output of {what} is also read elsewhere"
     return None
@@ -230,8 +244,8 @@ def _before_reason(
     entry: _Entry, entries: list[_Entry], readers: dict[str, list[int]], index: int
 ) -> tuple[str | None, int | None]:
     """Why ``entry`` (a BN) cannot fold into the node after it; (None, target) when it can."""
-    if entry.node.when is not None:
-        return "it is conditional", None
+    if not entry.always:
+        return "it is conditional or unused in some blocks", None
     users = readers[entry.local]
     if len(users) != 1:
         return "its output is read by several nodes", None
@@ -244,7 +258,7 @@ def _before_reason(
         if op in NONLINEAR:
             return f"it feeds {what}, a nonlinearity: no fold into the next conv", None
         return f"it feeds {what}, not a conv or linear layer", None
-    if user.node.when is not None or user.inputs != [entry.local]:
+    if not user.always or user.inputs != [entry.local]:
         return f"it feeds {op} {user.local!r}, which is conditional or reads other inputs", None
     if not _zero_padding(user.node):
         return (

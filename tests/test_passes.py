@@ -296,3 +296,52 @@ def test_empty_inputs_list_is_an_error(write_spec: Writer) -> None:
     # shrunk from a fuzz failure: `inputs: []` crashed the expander with IndexError
     err = errors_of(write_spec(HEADER + "body:\n  - {op: relu}\n  - {op: add, inputs: []}\n"))
     assert err.line == 6 and "inputs" in err.path
+
+
+def test_liveness_conditions_match_what_the_expander_keeps() -> None:
+    """codegen.liveness gives, per node of a template, the condition under which it reaches
+    the output; simplified so generated code stays readable."""
+    from rescompiler.codegen import all_of, any_of, liveness
+
+    rows = [
+        ("a", ["input"], "input", None),
+        ("b", ["a"], "a", None),
+        ("gate", ["b"], "a", "c == 1"),  # off: passes a on, so b is used only when c == 1
+        ("add", ["gate", "input"], "gate", "s > 1 or t"),
+        ("dead", ["a"], "a", None),
+        ("out", ["add"], "add", None),
+    ]
+    assert liveness(rows, "out") == [True, "c == 1", True, True, False, True]
+    assert all_of("x and y", "y") == "x and y"
+    assert all_of("u or v", "w") == "(u or v) and w"
+    assert all_of('f("a and b")', True) == 'f("a and b")'
+    assert any_of(["x", "not (x)"]) is True
+    assert any_of([False, "x", "x"]) == "x"
+
+
+def test_dead_code_warnings_come_once_per_line_with_a_hint(write_spec: Writer) -> None:
+    """A template node unused in every instance is one warning naming the instances; a merge
+    whose ``when`` is false keeps its first input: the warning says which one went unused."""
+    path = write_spec(
+        HEADER
+        + """\
+blocks:
+  inv:
+    params: {out: null, stride: 1}
+    body:
+      - {op: conv, name: project, out: out, kernel: 1}
+      - {op: add, inputs: [input, project], when: stride == 1 and in_channels == out}
+body:
+  - {block: inv, name: a, args: {out: 8}}
+  - {block: inv, name: b, args: {out: 8, stride: 2}, repeat: 2}
+"""
+    )
+    spec = rescompiler.load_spec(path)
+    assert [(w.location.line, w.message) for w in spec.warnings] == [
+        (
+            9,
+            "where 'when' is false this add passes its first input 'input' on and 'project' "
+            "goes unused: list the input to keep first, or name it with 'otherwise'",
+        ),
+        (8, "a.project does not reach the output (nor do b.0.project, b.1.project)"),
+    ]

@@ -2,8 +2,9 @@
 and Keras, and the analytic parameter count equals both frameworks' counts.
 
 Hypothesis draws block templates (residual add with a projection shortcut, dense concat, parallel
-branches merged by add or concat), stages with strides and repeats, kernel sizes, strides,
-dilations, groups, symmetric and asymmetric paddings, pools and activations. Each spec goes
+branches merged by add or concat, nodes and merges that exist only where a ``when`` holds),
+stages with strides and repeats, kernel sizes, strides, dilations, groups, symmetric and
+asymmetric paddings, pools and activations. Each spec goes
 through the real front end (YAML text → load_spec), both backends build it, the torch weights
 (with non-trivial BatchNorm statistics) move to Keras, and one random batch must agree within
 DESIGN.md's policy. The run is derandomised so CI sees the same ≥200 specs every time; set
@@ -165,7 +166,38 @@ def branch_block(draw: st.DrawFn) -> dict[str, Any]:
     return {"params": {"out": None, "stride": 1}, "body": body}
 
 
-BLOCKS = {"residual": residual_block(), "dense": dense_block(), "branch": branch_block()}
+CONDITIONS = ["stride == 1", "in_channels == out", "out >= 8", True, False]
+
+
+@st.composite
+def gated_block(draw: st.DrawFn) -> dict[str, Any]:
+    """Nodes that exist only for some blocks of a stage (``when``/``otherwise``): an activation
+    that passes an earlier node on when off, an add (MobileNetV2's "residual only when the
+    shape allows"), and a concat with the block input at stride 1, then a 1x1 to ``out``."""
+    body = [
+        *_conv(draw, "expand", "out", stride="stride"),
+        {"op": "bn", "name": "ebn"},
+        *_conv(draw, "mid", "out"),
+        {
+            **_activation(draw),
+            "name": "gate",
+            "when": draw(st.sampled_from(CONDITIONS)),
+            "otherwise": "ebn",
+        },
+        {"op": "add", "name": "res", "inputs": ["gate", "ebn"]},
+        {"op": "concat", "name": "cat", "inputs": ["res", "input"], "when": "stride == 1"},
+        {"op": "conv", "name": "mix", "out": "out", "kernel": 1},
+    ]
+    body[-3]["when"] = draw(st.sampled_from(CONDITIONS))
+    return {"params": {"out": None, "stride": 1}, "body": body}
+
+
+BLOCKS = {
+    "residual": residual_block(),
+    "dense": dense_block(),
+    "branch": branch_block(),
+    "gated": gated_block(),
+}
 
 
 @st.composite
@@ -367,6 +399,40 @@ REGRESSIONS: dict[str, dict[str, Any]] = {
                 "padding": 2,
                 "dilation": [2, 2],
             },
+        ],
+    ),
+    # a node used only where another node's `when` holds (mid feeds gate, on only when
+    # in_channels == out): the front end drops it elsewhere, torch built it everywhere
+    "node used only in some blocks": _regression(
+        {
+            "gated": {
+                "params": {"out": None, "stride": 1},
+                "body": [
+                    {"op": "conv", "name": "expand", "out": "out", "kernel": 1, "stride": "stride"},
+                    {"op": "bn", "name": "ebn"},
+                    {"op": "conv", "name": "mid", "out": "out", "kernel": 1},
+                    {
+                        "op": "relu",
+                        "name": "gate",
+                        "when": "in_channels == out",
+                        "otherwise": "ebn",
+                    },
+                    {"op": "add", "name": "res", "inputs": ["gate", "ebn"], "when": "stride == 1"},
+                    {
+                        "op": "concat",
+                        "name": "cat",
+                        "inputs": ["res", "input"],
+                        "when": "stride == 1",
+                    },
+                    {"op": "conv", "name": "mix", "out": "out", "kernel": 1},
+                ],
+            }
+        },
+        [
+            {"op": "conv", "name": "stem", "out": 4, "kernel": 1},
+            {"op": "bn", "name": "stem_bn", "eps": 1e-05},
+            {"op": "relu"},
+            {"block": "gated", "name": "stage1", "repeat": 1, "args": {"out": 8}},
         ],
     ),
 }

@@ -193,3 +193,136 @@ def test_spatial_flatten_sizes_the_next_layer(write_spec) -> None:
     assert sum(p.numel() for p in model.parameters()) == spec.graph.params
     with torch.no_grad():
         assert model(torch.randn(2, 3, 5, 4)).shape == (2, 6)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_conditional_node_reads_its_input_not_its_otherwise(write_spec, flag: bool) -> None:
+    """Regression: ``when``/``otherwise`` where the node's input dies and ``otherwise`` lives
+    on; the otherwise value used to be assigned to the input's variable before the call."""
+    path = write_spec(
+        """
+        version: 1
+        name: cond
+        input_shape: [3, 6, 6]
+        params: {flag: true}
+        body:
+          - {op: conv, name: a, out: 4, kernel: 1}
+          - {op: conv, name: b, out: 4, kernel: 1}
+          - {op: relu, name: r, when: flag, otherwise: a}
+          - {op: add, inputs: [r, a]}
+        """
+    )
+    model = rescompiler.build(rescompiler.load_spec(path, {"flag": flag}), "torch").eval()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        a = model.a(x)
+        expected = (torch.relu(model.b(a)) if flag else a) + a
+        assert torch.equal(model(x), expected)
+
+
+MOBILE_BLOCK = """
+version: 1
+name: inverted
+input_shape: [3, 16, 16]
+blocks:
+  inverted:
+    params: {out: null, stride: 1}
+    body:
+      - {op: conv, name: expand, out: in_channels * 2, kernel: 1, bias: false}
+      - {op: relu6}
+      - {op: conv, name: dw, out: in_channels * 2, kernel: 3, stride: stride, padding: 1,
+         groups: in_channels * 2, bias: false}
+      - {op: conv, name: project, out: out, kernel: 1, bias: false}
+      - {op: add, name: res, inputs: [project, input], when: stride == 1 and in_channels == out}
+      - {op: concat, name: cat, inputs: [res, input], when: stride == 1, otherwise: res}
+body:
+  - {op: conv, name: stem, out: 4, kernel: 3, padding: 1}
+  - {block: inverted, name: same, args: {out: 4}}
+  - {block: inverted, name: wider, args: {out: 6}}
+  - {block: inverted, name: down, args: {out: 6, stride: 2}}
+  - {op: global_avgpool}
+  - {op: flatten}
+  - {op: linear, out: 3}
+"""
+
+
+def test_conditional_merges_become_flags_like_use_res_connect(write_spec) -> None:
+    """``add``/``concat`` with ``when`` (MobileNetV2's inverted residual): the condition is a
+    flag set in ``__init__``, forward merges only when it holds, channels follow."""
+    spec = rescompiler.load_spec(write_spec(MOBILE_BLOCK))
+    source = rescompiler.emit(spec, "torch")
+    assert "self.use_res = stride == 1 and in_channels == out" in source
+    model = rescompiler.build(spec, "torch").eval()
+    flags = {
+        name: (getattr(model, name).use_res, getattr(model, name).use_cat)
+        for name in ("same", "wider", "down")
+    }
+    assert flags == {"same": (True, True), "wider": (False, True), "down": (False, False)}
+    assert sum(p.numel() for p in model.parameters()) == spec.graph.params
+
+    def block(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        y = m.project(m.dw(torch.nn.functional.relu6(m.expand(x))))
+        y = y + x if m.use_res else y
+        return torch.cat([y, x], 1) if m.use_cat else y
+
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        h = model.stem(x)
+        for name in ("same", "wider", "down"):
+            h = block(getattr(model, name), h)
+            assert h.shape[1] == getattr(model, name).out_channels
+        close(model(x), model.linear(h.mean((2, 3))))
+
+
+DEAD_CODE = """
+version: 1
+name: partly_used
+input_shape: [3, 8, 8]
+params: {use_branch: true}
+blocks:
+  gated:
+    params: {out: null, stride: 1}
+    body:
+      - {op: conv, name: expand, out: out, kernel: 1, stride: stride}
+      - {op: bn, name: ebn}
+      - {op: conv, name: mid, out: out, kernel: 3, padding: 1}
+      - {op: bn, name: mid_bn}
+      - {op: relu, name: gate, when: in_channels == out, otherwise: ebn}
+      - {op: add, name: res, inputs: [gate, ebn], when: stride == 1}
+      - {op: conv, name: mix, out: out, kernel: 1}
+body:
+  - {op: conv, name: stem, out: 4, kernel: 1}
+  - {block: gated, name: same, args: {out: 4}}
+  - {block: gated, name: down, args: {out: 8, stride: 2}}
+  - {op: conv, name: branch, out: 8, kernel: 1, inputs: down}
+  - {op: add, name: join, inputs: [down, branch], when: use_branch}
+  - {op: conv, name: nowhere, out: 8, kernel: 1, inputs: down}
+  - {op: relu, inputs: join}
+"""
+
+
+@pytest.mark.parametrize("use_branch", [True, False])
+def test_nodes_used_only_in_some_blocks_are_built_only_there(write_spec, use_branch) -> None:
+    """The front end drops nodes that do not reach the output (with a warning); the torch
+    model must hold the same parameters: ``mid`` exists only where ``gate`` is on, ``branch``
+    only with ``use_branch``, ``nowhere`` never. Folding leaves such BNs alone."""
+    spec = rescompiler.load_spec(write_spec(DEAD_CODE), {"use_branch": use_branch})
+    assert any("mid does not reach the output" in w.message for w in spec.warnings)
+    model = rescompiler.build(spec, "torch").eval()
+    assert sum(p.numel() for p in model.parameters()) == spec.graph.params
+    assert (model.same.mid is not None, model.down.mid is None) == (True, True)
+    assert (model.branch is not None) == use_branch and not hasattr(model, "nowhere")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        s = model.same
+        h = model.stem(x)
+        h = s.mix(torch.relu(s.mid_bn(s.mid(s.ebn(s.expand(h))))) + s.ebn(s.expand(h)))
+        d = model.down
+        h = d.mix(d.ebn(d.expand(h)))
+        h = torch.relu(h + model.branch(h) if use_branch else h)
+        close(model(x), h)
+        inference = rescompiler.build(spec, "torch", optimize="inference")
+        inference.load_state_dict(model.state_dict())
+        close(inference(x), h)
+    folded = {bn for _conv, bn, _eps, _side in type(inference.same).FOLDED_BN}
+    assert "ebn" in folded and "mid_bn" not in folded

@@ -12,15 +12,18 @@ from typing import Any
 
 from rescompiler.codegen import (
     Namespace,
+    all_of,
     annotation,
     camel,
     fstring,
     global_names,
     literal,
+    liveness,
     local_name,
     py,
     template_environment,
     used_blocks,
+    when_source,
 )
 from rescompiler.codegen import clean as _docstring
 from rescompiler.errors import SpecError
@@ -321,6 +324,12 @@ class BodyEmitter:
                 if self.last_use.get(name, -1) < index:
                     self.last_use[name] = index
         self.entries = plan
+        self.reach = [True] * len(plan)  # where each node's value is used (liveness)
+        if not self.in_group:
+            self.reach = liveness(
+                ((local, names, alt, when_source(node)) for node, local, names, alt in plan),
+                out_local,
+            )
         self.index_of = {local: index for index, (_n, local, _names, _alt) in enumerate(plan)}
         self.readers: dict[str, list[int]] = {out_local: [len(body)]}
         for index, (node, _local, names, _alt) in enumerate(plan):
@@ -434,7 +443,13 @@ class BodyEmitter:
 
     def emit_node(self, node: Any, index: int, local: str, names: list[str], alt: str) -> None:
         cin = self.channels[names[0]]
+        reach = self.reach[index]
+        if reach is False:  # used nowhere (the front end drops it too): no module, no code
+            self.vars[local], self.channels[local] = "None", "0"
+            return
         cond = py(node.when) if node.when is not None else None
+        if reach is not True:  # used only where ``reach`` holds: built only there
+            cond = reach if cond is None else str(all_of(cond, reach))
         op = getattr(node, "op", None)
         fold = self.fold_of(index)
         if fold is not None:  # the BN lives on in its conv's weights: its output is its input
@@ -450,11 +465,12 @@ class BodyEmitter:
         ):
             names = [names[1], names[0]]  # add into the operand that may be overwritten
         in_vars = [self.vars[n] for n in names]
+        if op in ("add", "concat") and cond is not None:
+            self.emit_conditional_merge(node, index, local, names, alt, cond)
+            return
         if op in ("add", "concat"):
-            if cond is not None or self.owner != "self":
-                raise self.fail(
-                    index, f"{op} inside a group or with 'when' is not supported by torch"
-                )
+            if self.owner != "self":  # the front end keeps merges out of groups
+                raise self.fail(index, f"{op} inside a group is not supported by torch")
             overwrite = len(names) == 2 and self.may_overwrite(index, names[0])
             var, _ = self.choose_var(index, local, names, False)
             if op == "add" and overwrite and var == in_vars[0]:
@@ -480,7 +496,7 @@ class BodyEmitter:
         out_chan = self.emit_module(node, index, local, indent, cin, names)
         if cond is not None:
             self.s.init += ["        else:", f"            self.{local} = None"]
-            if out_chan != self.channels[alt]:
+            if node.when is not None and out_chan != self.channels[alt]:
                 out_chan = f"({out_chan} if self.{local} is not None else {self.channels[alt]})"
         call = self.call_source(node, local, in_vars)
         alt_var = self.vars[alt]
@@ -488,13 +504,47 @@ class BodyEmitter:
             index, local, names if cond is None else [alt, *names], cond is not None
         )
         if cond is not None:
-            if not (reused and var == alt_var):
+            passes_on = not (reused and var == alt_var)
+            if passes_on and var not in in_vars:  # torchvision's ``identity = x`` first
                 self.s.forward.append(f"        {var} = {alt_var}")
             self.s.forward.append(f"        if self.{local} is not None:")
             self.s.forward += layout(12, f"{var} = ", call)
+            if passes_on and var in in_vars:  # var is the call's input: assign in a branch
+                self.s.forward += ["        else:", f"            {var} = {alt_var}"]
         else:
             self.s.forward += layout(8, f"{var} = ", call)
         self.vars[local], self.channels[local] = var, out_chan
+
+    def emit_conditional_merge(
+        self, node: Any, index: int, local: str, names: list[str], alt: str, cond: str
+    ) -> None:
+        """A merge with ``when`` (or used only in some blocks): the condition is kept as a flag
+        set in ``__init__`` (like torchvision's ``use_res_connect``); forward merges or passes
+        ``alt`` on."""
+        if self.owner != "self":
+            raise self.fail(index, f"{node.op} inside a group is not supported by torch")
+        attributes = {entry[1] for entry in self.entries} | MODULE_ATTRIBUTES
+        flag = f"use_{local}"
+        while flag in attributes:
+            flag += "_"
+        self.taken.add(flag)
+        self.s.init += layout(8, f"self.{flag} = ", cond)
+        in_vars = [self.vars[n] for n in names]
+        alt_var = self.vars[alt]
+        var, reused = self.choose_var(index, local, [alt, *names], True)
+        if node.op == "add":
+            merged: Call | str = " + ".join(in_vars)
+            chan = self.channels[names[0]]
+        else:
+            merged = Call("torch.cat", (f"[{', '.join(in_vars)}]", "1"))
+            chan = "(" + " + ".join(self.channels[n] for n in names) + ")"
+        if node.when is not None and chan != self.channels[alt]:  # else read only when on
+            chan = f"({chan} if self.{flag} else {self.channels[alt]})"
+        self.s.forward.append(f"        if self.{flag}:")
+        self.s.forward += layout(12, f"{var} = ", merged)
+        if not (reused and var == alt_var):
+            self.s.forward += ["        else:", f"            {var} = {alt_var}"]
+        self.vars[local], self.channels[local] = var, chan
 
     def call_source(self, node: Any, local: str, in_vars: list[str]) -> Call | str:
         if isinstance(node, BlockCall) and node.repeat is not None and len(in_vars) > 1:
