@@ -81,24 +81,21 @@ class CifarResidualNet(nn.Module):
         self.stem1 = ConvBnRelu(in_channels, out=widths[0])
         self.stage1 = nn.Sequential()
         stage1_channels = self.stem1.out_channels
-        n = blocks_per_stage
-        for i in range(n):
+        for i in range(blocks_per_stage):
             block = Residual(stage1_channels)
             self.stage1.add_module(f"{i}", block)
             stage1_channels = block.out_channels
         self.stem2 = ConvBnRelu(stage1_channels, out=widths[1], stride=2)
         self.stage2 = nn.Sequential()
         stage2_channels = self.stem2.out_channels
-        n = blocks_per_stage
-        for i in range(n):
+        for i in range(blocks_per_stage):
             block = Residual(stage2_channels)
             self.stage2.add_module(f"{i}", block)
             stage2_channels = block.out_channels
         self.stem3 = ConvBnRelu(stage2_channels, out=widths[2], stride=2)
         self.stage3 = nn.Sequential()
         stage3_channels = self.stem3.out_channels
-        n = blocks_per_stage
-        for i in range(n):
+        for i in range(blocks_per_stage):
             block = Residual(stage3_channels)
             self.stage3.add_module(f"{i}", block)
             stage3_channels = block.out_channels

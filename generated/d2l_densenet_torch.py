@@ -88,32 +88,28 @@ class D2lDensenet(nn.Module):
         )
         self.net.add_module("dense_blk1", nn.Sequential())
         dense_blk1_channels = num_channels
-        n = arch[0]
-        for i in range(n):
+        for i in range(arch[0]):
             block = ConvBlock(dense_blk1_channels, growth_rate=growth_rate)
             self.net.dense_blk1.add_module(f"{i}", block)
             dense_blk1_channels = block.out_channels
         self.net.add_module("tran_blk1", TransitionBlock(dense_blk1_channels))
         self.net.add_module("dense_blk2", nn.Sequential())
         dense_blk2_channels = self.net.tran_blk1.out_channels
-        n = arch[1]
-        for i in range(n):
+        for i in range(arch[1]):
             block = ConvBlock(dense_blk2_channels, growth_rate=growth_rate)
             self.net.dense_blk2.add_module(f"{i}", block)
             dense_blk2_channels = block.out_channels
         self.net.add_module("tran_blk2", TransitionBlock(dense_blk2_channels))
         self.net.add_module("dense_blk3", nn.Sequential())
         dense_blk3_channels = self.net.tran_blk2.out_channels
-        n = arch[2]
-        for i in range(n):
+        for i in range(arch[2]):
             block = ConvBlock(dense_blk3_channels, growth_rate=growth_rate)
             self.net.dense_blk3.add_module(f"{i}", block)
             dense_blk3_channels = block.out_channels
         self.net.add_module("tran_blk3", TransitionBlock(dense_blk3_channels))
         self.net.add_module("dense_blk4", nn.Sequential())
         dense_blk4_channels = self.net.tran_blk3.out_channels
-        n = arch[3]
-        for i in range(n):
+        for i in range(arch[3]):
             block = ConvBlock(dense_blk4_channels, growth_rate=growth_rate)
             self.net.dense_blk4.add_module(f"{i}", block)
             dense_blk4_channels = block.out_channels

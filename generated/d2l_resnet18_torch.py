@@ -99,15 +99,13 @@ class D2lResnet18(nn.Module):
         INITIALISERS["glorot_uniform"](self.net.b1[0].weight)
         self.net.add_module("b2", nn.Sequential())
         b2_channels = 64
-        n = arch[0][0]
-        for i in range(n):
+        for i in range(arch[0][0]):
             block = Residual(b2_channels, num_channels=arch[0][1])
             self.net.b2.add_module(f"{i}", block)
             b2_channels = block.out_channels
         self.net.add_module("b3", nn.Sequential())
         b3_channels = b2_channels
-        n = arch[1][0]
-        for i in range(n):
+        for i in range(arch[1][0]):
             block = Residual(
                 b3_channels, num_channels=arch[1][1], use_1x1conv=i == 0, strides=2 if i == 0 else 1
             )
@@ -115,8 +113,7 @@ class D2lResnet18(nn.Module):
             b3_channels = block.out_channels
         self.net.add_module("b4", nn.Sequential())
         b4_channels = b3_channels
-        n = arch[2][0]
-        for i in range(n):
+        for i in range(arch[2][0]):
             block = Residual(
                 b4_channels, num_channels=arch[2][1], use_1x1conv=i == 0, strides=2 if i == 0 else 1
             )
@@ -124,8 +121,7 @@ class D2lResnet18(nn.Module):
             b4_channels = block.out_channels
         self.net.add_module("b5", nn.Sequential())
         b5_channels = b4_channels
-        n = arch[3][0]
-        for i in range(n):
+        for i in range(arch[3][0]):
             block = Residual(
                 b5_channels, num_channels=arch[3][1], use_1x1conv=i == 0, strides=2 if i == 0 else 1
             )

@@ -125,8 +125,7 @@ class Densenet169(nn.Module):
         self.features.add_module("pool0", nn.MaxPool2d(3, stride=2, padding=1))
         self.features.add_module("denseblock1", nn.Sequential())
         denseblock1_channels = num_init_features
-        n = block_config[0]
-        for i in range(n):
+        for i in range(block_config[0]):
             block = DenseLayer(
                 denseblock1_channels, bn_size=bn_size, drop_rate=drop_rate, growth_rate=growth_rate
             )
@@ -135,8 +134,7 @@ class Densenet169(nn.Module):
         self.features.add_module("transition1", Transition(denseblock1_channels))
         self.features.add_module("denseblock2", nn.Sequential())
         denseblock2_channels = self.features.transition1.out_channels
-        n = block_config[1]
-        for i in range(n):
+        for i in range(block_config[1]):
             block = DenseLayer(
                 denseblock2_channels, bn_size=bn_size, drop_rate=drop_rate, growth_rate=growth_rate
             )
@@ -145,8 +143,7 @@ class Densenet169(nn.Module):
         self.features.add_module("transition2", Transition(denseblock2_channels))
         self.features.add_module("denseblock3", nn.Sequential())
         denseblock3_channels = self.features.transition2.out_channels
-        n = block_config[2]
-        for i in range(n):
+        for i in range(block_config[2]):
             block = DenseLayer(
                 denseblock3_channels, bn_size=bn_size, drop_rate=drop_rate, growth_rate=growth_rate
             )
@@ -155,8 +152,7 @@ class Densenet169(nn.Module):
         self.features.add_module("transition3", Transition(denseblock3_channels))
         self.features.add_module("denseblock4", nn.Sequential())
         denseblock4_channels = self.features.transition3.out_channels
-        n = block_config[3]
-        for i in range(n):
+        for i in range(block_config[3]):
             block = DenseLayer(
                 denseblock4_channels, bn_size=bn_size, drop_rate=drop_rate, growth_rate=growth_rate
             )

@@ -76,21 +76,18 @@ class PreactResnet164(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
         self.layer1 = nn.Sequential()
         layer1_channels = 16
-        n = n
         for i in range(n):
             block = PreactBottleneck(layer1_channels, planes=16)
             self.layer1.add_module(f"{i}", block)
             layer1_channels = block.out_channels
         self.layer2 = nn.Sequential()
         layer2_channels = layer1_channels
-        n = n
         for i in range(n):
             block = PreactBottleneck(layer2_channels, planes=32, stride=2 if i == 0 else 1)
             self.layer2.add_module(f"{i}", block)
             layer2_channels = block.out_channels
         self.layer3 = nn.Sequential()
         layer3_channels = layer2_channels
-        n = n
         for i in range(n):
             block = PreactBottleneck(layer3_channels, planes=64, stride=2 if i == 0 else 1)
             self.layer3.add_module(f"{i}", block)

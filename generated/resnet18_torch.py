@@ -98,15 +98,13 @@ class Resnet18(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.layer1 = nn.Sequential()
         layer1_channels = 64
-        n = depths[0]
-        for i in range(n):
+        for i in range(depths[0]):
             block = Basic(layer1_channels, planes=64, zero_init_residual=zero_init_residual)
             self.layer1.add_module(f"{i}", block)
             layer1_channels = block.out_channels
         self.layer2 = nn.Sequential()
         layer2_channels = layer1_channels
-        n = depths[1]
-        for i in range(n):
+        for i in range(depths[1]):
             block = Basic(
                 layer2_channels,
                 planes=128,
@@ -117,8 +115,7 @@ class Resnet18(nn.Module):
             layer2_channels = block.out_channels
         self.layer3 = nn.Sequential()
         layer3_channels = layer2_channels
-        n = depths[2]
-        for i in range(n):
+        for i in range(depths[2]):
             block = Basic(
                 layer3_channels,
                 planes=256,
@@ -129,8 +126,7 @@ class Resnet18(nn.Module):
             layer3_channels = block.out_channels
         self.layer4 = nn.Sequential()
         layer4_channels = layer3_channels
-        n = depths[3]
-        for i in range(n):
+        for i in range(depths[3]):
             block = Basic(
                 layer4_channels,
                 planes=512,

@@ -128,15 +128,13 @@ class Resnet50v1(nn.Module):
         self.pool1 = nn.MaxPool2d(3, stride=2)
         self.conv2 = nn.Sequential()
         conv2_channels = 64
-        n = depths[0]
-        for i in range(n):
+        for i in range(depths[0]):
             block = Bottleneck(conv2_channels, filters=64, conv_shortcut=i == 0)
             self.conv2.add_module(f"block{i + 1}", block)
             conv2_channels = block.out_channels
         self.conv3 = nn.Sequential()
         conv3_channels = conv2_channels
-        n = depths[1]
-        for i in range(n):
+        for i in range(depths[1]):
             block = Bottleneck(
                 conv3_channels, filters=128, stride=2 if i == 0 else 1, conv_shortcut=i == 0
             )
@@ -144,8 +142,7 @@ class Resnet50v1(nn.Module):
             conv3_channels = block.out_channels
         self.conv4 = nn.Sequential()
         conv4_channels = conv3_channels
-        n = depths[2]
-        for i in range(n):
+        for i in range(depths[2]):
             block = Bottleneck(
                 conv4_channels, filters=256, stride=2 if i == 0 else 1, conv_shortcut=i == 0
             )
@@ -153,8 +150,7 @@ class Resnet50v1(nn.Module):
             conv4_channels = block.out_channels
         self.conv5 = nn.Sequential()
         conv5_channels = conv4_channels
-        n = depths[3]
-        for i in range(n):
+        for i in range(depths[3]):
             block = Bottleneck(
                 conv5_channels, filters=512, stride=2 if i == 0 else 1, conv_shortcut=i == 0
             )

@@ -156,8 +156,7 @@ class Resnet50v2(nn.Module):
             conv4_channels = block.out_channels
         self.conv5 = nn.Sequential()
         conv5_channels = conv4_channels
-        n = depths[3]
-        for i in range(n):
+        for i in range(depths[3]):
             block = PreactBottleneck(conv5_channels, filters=512, conv_shortcut=i == 0)
             self.conv5.add_module(f"block{i + 1}", block)
             conv5_channels = block.out_channels

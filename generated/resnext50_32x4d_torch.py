@@ -121,8 +121,7 @@ class Resnext5032x4d(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.layer1 = nn.Sequential()
         layer1_channels = 64
-        n = depths[0]
-        for i in range(n):
+        for i in range(depths[0]):
             block = Bottleneck(
                 layer1_channels,
                 planes=64,
@@ -134,8 +133,7 @@ class Resnext5032x4d(nn.Module):
             layer1_channels = block.out_channels
         self.layer2 = nn.Sequential()
         layer2_channels = layer1_channels
-        n = depths[1]
-        for i in range(n):
+        for i in range(depths[1]):
             block = Bottleneck(
                 layer2_channels,
                 planes=128,
@@ -148,8 +146,7 @@ class Resnext5032x4d(nn.Module):
             layer2_channels = block.out_channels
         self.layer3 = nn.Sequential()
         layer3_channels = layer2_channels
-        n = depths[2]
-        for i in range(n):
+        for i in range(depths[2]):
             block = Bottleneck(
                 layer3_channels,
                 planes=256,
@@ -162,8 +159,7 @@ class Resnext5032x4d(nn.Module):
             layer3_channels = block.out_channels
         self.layer4 = nn.Sequential()
         layer4_channels = layer3_channels
-        n = depths[3]
-        for i in range(n):
+        for i in range(depths[3]):
             block = Bottleneck(
                 layer4_channels,
                 planes=512,

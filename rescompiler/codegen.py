@@ -89,16 +89,25 @@ def py(value: Any, rename: Any = None) -> str:
     return repr(value)
 
 
-def fstring(template: str) -> str:
+def fstring(template: str, rename: Callable[[str], str] | None = None) -> str:
     """A name template (``denselayer{i + 1}``) as Python source: a literal or an f-string."""
     parts = template_parts(template)
     if all(isinstance(p, str) for p in parts):
         return repr(template)
     body = "".join(
-        p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{" + p.to_python() + "}"
+        p.replace("{", "{{").replace("}", "}}")
+        if isinstance(p, str)
+        else "{" + (p.to_python(rename) if rename else p.to_python()) + "}"
         for p in parts
     )
     return double_quotes("f" + repr(body))
+
+
+def template_names(template: str) -> set[str]:
+    """Names read by a name template's expressions."""
+    return set().union(
+        *(set(p.names) for p in template_parts(template) if not isinstance(p, str)), set()
+    )
 
 
 def value_names(value: Any) -> set[str]:

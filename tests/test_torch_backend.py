@@ -326,3 +326,39 @@ def test_nodes_used_only_in_some_blocks_are_built_only_there(write_spec, use_bra
         close(inference(x), h)
     folded = {bn for _conv, bn, _eps, _side in type(inference.same).FOLDED_BN}
     assert "ebn" in folded and "mid_bn" not in folded
+
+
+def test_stage_counters_do_not_shadow_params_named_i_n_or_block(write_spec) -> None:
+    """Regression: the emitter wrote ``n = <repeat>`` and ``for i in ...`` into ``__init__``,
+    rebinding params named ``n``/``i``/``block`` for every later line. Inside a stage's args
+    ``i``/``n`` are the block's position and the count; everywhere else they are the params."""
+    path = write_spec(
+        """
+        version: 1
+        name: shadow
+        input_shape: [3, 8, 8]
+        params: {n: 2, i: 5, block: 1}
+        blocks:
+          b:
+            params: {out: null}
+            body:
+              - {op: conv, out: out + block - 1, kernel: 1}
+              - {op: relu}
+        body:
+          - {block: b, name: s1, repeat: n + 1, args: {out: 4 * n}, child_name: "blk{i}"}
+          - {block: b, name: s2, repeat: n, args: {out: i + 3}}
+          - {op: conv, name: head, out: i, kernel: 1}
+        """
+    )
+    spec = rescompiler.load_spec(path)
+    model = rescompiler.build(spec, "torch")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.endswith("weight")}
+    assert shapes == {
+        "s1.blk0.conv.weight": (12, 3, 1, 1),
+        "s1.blk1.conv.weight": (12, 12, 1, 1),
+        "s1.blk2.conv.weight": (12, 12, 1, 1),
+        "s2.0.conv.weight": (3, 12, 1, 1),
+        "s2.1.conv.weight": (4, 3, 1, 1),
+        "head.weight": (5, 4, 1, 1),
+    }
+    assert sum(p.numel() for p in model.parameters()) == spec.graph.params

@@ -41,6 +41,7 @@ from rescompiler.codegen import (
     local_name,
     py,
     template_environment,
+    template_names,
     used_blocks,
     value_names,
 )
@@ -143,13 +144,6 @@ def is_neutral(value: Any, neutral: int) -> bool:
 def parenthesise(source: str) -> str:
     """``source`` wrapped in parentheses unless it is a name, number or subscript."""
     return source if re.fullmatch(r"[\w.\[\]]+", source) else f"({source})"
-
-
-def template_names(template: str) -> set[str]:
-    """Names read by a name template's expressions."""
-    return set().union(
-        *(set(p.names) for p in template_parts(template) if not isinstance(p, str)), set()
-    )
 
 
 def node_reads(node: Any) -> set[str]:

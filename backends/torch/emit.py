@@ -22,7 +22,9 @@ from rescompiler.codegen import (
     local_name,
     py,
     template_environment,
+    template_names,
     used_blocks,
+    value_names,
     when_source,
 )
 from rescompiler.codegen import clean as _docstring
@@ -73,6 +75,14 @@ class Scope:
     var_ns: Namespace = field(default_factory=Namespace)
     plan: FoldPlan | None = None  # the fold plan of an inference build; None for the plain one
     folded: list[tuple[str, str, float, str]] = field(default_factory=list)  # FOLDED_BN rows
+    loop_names: dict[str, str] = field(default_factory=dict)
+
+    def loop_name(self, name: str) -> str:
+        """The ``__init__`` variable for a stage's ``i``, ``n`` or ``block``: the name itself
+        unless a param, let or global of the class has it (stages never nest in one class)."""
+        if name not in self.loop_names:
+            self.loop_names[name] = self.init_ns.create(name)
+        return self.loop_names[name]
 
 
 def owned_by_reader(node: Any, inputs: int = 1) -> bool:
@@ -571,12 +581,16 @@ class BodyEmitter:
         self.s.init += self.init_lines(indent, node, self.attr_ref(local))
         return out
 
-    def block_args(self, node: BlockCall, names: list[str]) -> list[str]:
+    def block_args(
+        self, node: BlockCall, names: list[str], rename: dict[str, str] | None = None
+    ) -> list[str]:
         template: BlockTemplate = self.s.spec.model.blocks[node.block]
         args = [unwrap(self.channels[n]) for n in names]
         for key in template.params:
             if key in node.args:
-                args.append(f"{key}={py(node.args[key])}")
+                value = node.args[key]
+                source = py(value, lambda n: rename.get(n, n)) if rename else py(value)
+                args.append(f"{key}={source}")
         args += [f"{g}={g}" for g in self.s.globals_of[node.block]]
         return args
 
@@ -594,15 +608,28 @@ class BodyEmitter:
         chan = self.s.init_ns.create(f"{local}_channels")
         self.s.init += self.assign(indent, local, "nn.Sequential()")
         self.s.init.append(f"{pad}{chan} = {unwrap(self.channels[names[0]])}")
-        self.s.init.append(f"{pad}n = {py(node.repeat)}")
-        self.s.init.append(f"{pad}for i in range(n):")
+        # ``i`` and ``n`` in args and child names are the block's position and the count
+        reads = set().union(*(value_names(v) for v in node.args.values()))
+        reads |= template_names(node.child_name)
+        count = py(node.repeat)
+        rename: dict[str, str] = {}
+        if "n" in reads and count != "n":
+            rename["n"] = self.s.loop_name("n")
+            self.s.init.append(f"{pad}{rename['n']} = {count}")
+            count = rename["n"]
+        loop = "_"
+        if "i" in reads:
+            loop = rename["i"] = self.s.loop_name("i")
+        block = self.s.loop_name("block")
+        self.s.init.append(f"{pad}for {loop} in range({count}):")
         saved = self.channels[names[0]]
         self.channels[names[0]] = chan
-        args = self.block_args(node, names)
+        args = self.block_args(node, names, rename)
         self.channels[names[0]] = saved
-        self.s.init += layout(indent + 4, "block = ", Call(cls, tuple(args)))
-        self.s.init.append(f"{pad}    {stage}.add_module({fstring(node.child_name)}, block)")
-        self.s.init.append(f"{pad}    {chan} = block.out_channels")
+        self.s.init += layout(indent + 4, f"{block} = ", Call(cls, tuple(args)))
+        child = fstring(node.child_name, lambda n: rename.get(n, n))
+        self.s.init.append(f"{pad}    {stage}.add_module({child}, {block})")
+        self.s.init.append(f"{pad}    {chan} = {block}.out_channels")
         return chan
 
     def emit_group(self, node: Group, index: int, local: str, indent: int, cin: str) -> str:
@@ -761,8 +788,12 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
     for name in order:
         scope = Scope(spec, instances, globals_of, class_of, helpers, plan=plan)
         scope.var_ns.reserve("self")
-        blocks.append(emit_class(spec, scope, name, model.blocks[name]))
+        template = model.blocks[name]
+        visible = [*template.params, *template.let, *globals_of[name], *template.inputs]
+        scope.init_ns = Namespace(["self", "in_channels", *visible])
+        blocks.append(emit_class(spec, scope, name, template))
     scope = Scope(spec, instances, globals_of, class_of, helpers, plan=plan)
+    scope.init_ns = Namespace(["self", "in_channels", "input_shape", *spec.params, *model.let])
     emitter = BodyEmitter(scope, "body")
     scope.init.append("        in_channels = input_shape[0]")
     scope.init += [f"        {key} = {py(value)}" for key, value in model.let.items()]
