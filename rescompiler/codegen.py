@@ -14,7 +14,7 @@ from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import Any
 
-from .expr import parse_expr, template_parts
+from .expr import evaluate, parse_expr, template_parts
 from .pyformat import LINE_LENGTH
 from .schema import BlockCall, BlockTemplate, Group, NodeBase, SpecModel
 
@@ -382,3 +382,17 @@ def when_source(node: Any, translate: Callable[[Any], str] = py) -> Condition | 
     if when is None or isinstance(when, bool):
         return when
     return translate(when)
+
+
+def param_default(
+    key: str, default: Any, translate: Callable[[Any], str] = py
+) -> tuple[str, list[str]]:
+    """A block param in a generated signature, and the lines that fill in its default when
+    that reads model params (the signature then says ``None``). Defaults are expressions,
+    like args: ``"'relu'"`` is the string relu, ``2 * 3`` is 6."""
+    if default is None:
+        return f"{key}: Any", []
+    if value_names(default):
+        return f"{key}: Any = None", [f"if {key} is None:", f"    {key} = {translate(default)}"]
+    constant = evaluate(default, {})
+    return f"{key}: {annotation(constant)} = {literal(constant)}", []

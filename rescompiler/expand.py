@@ -470,7 +470,13 @@ class Expander:
         if first_shape is None:
             return None
         env: dict[str, Any] = dict(self.globals)
-        env.update({k: v for k, v in template.params.items() if v is not None})
+        for key, default in template.params.items():  # expressions over the model's names
+            if default is not None and key not in args:
+                try:
+                    env[key] = evaluate(default, self.globals)
+                except ExprError as exc:
+                    self.error((*tpath, "params", key), str(exc), key=f"attr:{key}", where=block_id)
+                    return None
         env.update(args)
         env["in_channels"] = first_shape[0]
         for key, value in template.let.items():

@@ -345,3 +345,32 @@ body:
         ),
         (8, "a.project does not reach the output (nor do b.0.project, b.1.project)"),
     ]
+
+
+def test_block_param_defaults_are_expressions_like_args(write_spec: Writer) -> None:
+    """Regression: defaults were used raw ("'relu'" kept its quotes, ``base * 2`` stayed a
+    string) while args are evaluated; both backends also got them wrong (a required param
+    after a defaulted one was a SyntaxError in torch)."""
+    path = write_spec(
+        HEADER
+        + """\
+params: {base: 4}
+blocks:
+  blk:
+    params: {act: "'relu'", width: base * 2, k: 2 - 1, out: null}
+    body:
+      - {op: conv, out: width + out, kernel: k}
+      - {op: relu, when: act == 'relu'}
+body:
+  - {block: blk, name: u1, args: {out: 1}}
+  - {block: blk, name: u2, args: {act: "'none'", out: 2}}
+"""
+    )
+    spec = rescompiler.load_spec(path, {"base": 5})
+    nodes = {node.id: node for node in spec.graph.nodes}
+    assert list(nodes) == ["u1.conv", "u1.relu", "u2.conv"]
+    assert (nodes["u1.conv"].shape[0], nodes["u2.conv"].shape[0]) == (11, 12)
+    for backend in ("torch", "keras"):
+        source = rescompiler.emit(spec, backend)
+        compile(source, f"<{backend}>", "exec")  # was a SyntaxError in torch
+        assert 'act: str = "relu"' in source and "width = base * 2" in source

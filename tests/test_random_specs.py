@@ -435,6 +435,26 @@ REGRESSIONS: dict[str, dict[str, Any]] = {
             {"block": "gated", "name": "stage1", "repeat": 1, "args": {"out": 8}},
         ],
     ),
+    # block param defaults were used raw ("'relu'" kept its quotes) and torch put a required
+    # param after a defaulted one (SyntaxError); they are expressions, like args
+    "param defaults are expressions": {
+        **_regression(
+            {
+                "blk": {
+                    "params": {"act": "'relu'", "width": "base * 2", "out": None},
+                    "body": [
+                        {"op": "conv", "name": "c", "out": "width + out", "kernel": 3},
+                        {"op": "relu", "name": "r", "when": "act == 'relu'"},
+                    ],
+                }
+            },
+            [
+                {"block": "blk", "name": "u1", "args": {"out": 1}},
+                {"block": "blk", "name": "u2", "args": {"act": "'none'", "out": 2}},
+            ],
+        ),
+        "params": {"base": 3},
+    },
 }
 
 

@@ -39,6 +39,7 @@ from rescompiler.codegen import (
     global_names,
     literal,
     local_name,
+    param_default,
     py,
     template_environment,
     template_names,
@@ -919,13 +920,16 @@ def block_function(m: ModuleEmitter, name: str, template: BlockTemplate) -> dict
     params = []
     ordered = True
     seen_default = False
+    fills = []
     for key, default in template.params.items():
+        param, fill = param_default(key, default, fn.src)
+        params.append(param)
+        fills += [f"    {line}" for line in fill]
         if default is None:
-            params.append(f"{key}: Any")
             ordered = ordered and not seen_default
         else:
             seen_default = True
-            params.append(f"{key}: {annotation(default)} = {literal(default)}")
+    head = fills + head
     globals_ = [f"{g}: {annotation(m.model.params.get(g))}" for g in m.globals_of[name]]
     keyword = [f"{prefix}: str", *globals_]
     args = [*signature, *params, "*", *keyword] if ordered else [*signature, "*", *params, *keyword]

@@ -20,6 +20,7 @@ from rescompiler.codegen import (
     literal,
     liveness,
     local_name,
+    param_default,
     py,
     template_environment,
     template_names,
@@ -719,13 +720,16 @@ def emit_class(spec: Any, scope: Scope, name: str, template: BlockTemplate) -> d
     if "input" not in input_vars:
         input_vars["input"] = input_vars[template.inputs[0]]
     params = [f"{chan}: int" for chan in signature]
+    defaults = [default is not None for default in template.params.values()]
+    if defaults != sorted(defaults):  # a required param after one with a default
+        params.append("*")  # callers pass params by keyword
     for key, default in template.params.items():
-        if default is None:
-            params.append(f"{key}: Any")
-        else:
-            value = py(default) if not isinstance(default, list) else literal(default)
-            params.append(f"{key}: {annotation(default)} = {value}")
+        param, fill = param_default(key, default)
+        params.append(param)
+        scope.init += [f"        {line}" for line in fill]
     globals_ = [f"{g}: {annotation(spec.params.get(g))}" for g in scope.globals_of[name]]
+    if globals_ and "*" not in params:
+        globals_.insert(0, "*")
     lets = [f"        {key} = {py(value)}" for key, value in template.let.items()]
     scope.init += lets
     out = emitter.emit(template.body, input_vars, template.inputs[0], template.output)
@@ -736,7 +740,7 @@ def emit_class(spec: Any, scope: Scope, name: str, template: BlockTemplate) -> d
         "signature": layout(
             4,
             "def ",
-            Call("__init__", ("self", *params, *(["*"] if globals_ else []), *globals_)),
+            Call("__init__", ("self", *params, *globals_)),
             " -> None:",
         ),
         "init": scope.init,
