@@ -166,6 +166,9 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return "--optimize only goes with --backend"
     if args.convert and args.out == "-":
         return "--convert writes a binary file: give -o FILE, not -"
+    out = Path(args.out) if args.backend and args.out and args.out != "-" else None
+    if out is not None and out.suffix in (".py", ".h5", ".keras") and not out.is_dir():
+        return f"-o takes a directory (the file is named after the spec) or -, got {args.out!r}"
     return None
 
 

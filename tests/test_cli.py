@@ -64,12 +64,14 @@ def test_compile_failure_writes_nothing(tmp_path: Path, write_spec: Callable[...
         ["specs/resnet50.yaml", "--check", "--summary"],
         ["specs/resnet50.yaml", "--check", "--set", "novalue"],
         ["specs/resnet50.yaml", "--backend", "nosuch"],
+        ["specs/resnet50.yaml", "--backend", "torch", "-o", "not_a_dir/resnet50.py"],
     ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = rescompile(*args)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
+    assert not (ROOT / "not_a_dir").exists()  # -o names a directory: a file name is refused
 
 
 def test_set_overrides_and_summary_json() -> None:
