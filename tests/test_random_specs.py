@@ -4,7 +4,8 @@ and Keras, and the analytic parameter count equals both frameworks' counts.
 Hypothesis draws block templates (residual add with a projection shortcut, dense concat, parallel
 branches merged by add or concat, nodes and merges that exist only where a ``when`` holds),
 stages with strides and repeats, kernel sizes, strides, dilations, groups, symmetric and
-asymmetric paddings, pools and activations. Each spec goes
+asymmetric paddings, pools and activations, params named like stage counters, stage args
+reading the block's position and count, param defaults reading model params. Each spec goes
 through the real front end (YAML text → load_spec), both backends build it, the torch weights
 (with non-trivial BatchNorm statistics) move to Keras, and one random batch must agree within
 DESIGN.md's policy. The run is derandomised so CI sees the same ≥200 specs every time; set
@@ -215,17 +216,33 @@ def random_spec(draw: st.DrawFn) -> dict[str, Any]:
     ]
     if draw(st.booleans()):
         body.append({"op": "maxpool", "name": "pool", "kernel": 3, "stride": 2, "padding": 1})
+    params: dict[str, Any] = {"num_classes": draw(st.integers(2, 10))}
+    if draw(st.booleans()):  # model params named like a stage's counters (i, n) and variables
+        params.update({"n": draw(st.integers(1, 2)), "i": draw(st.sampled_from(CHANNELS))})
+        params["block"] = 1
+    if draw(st.booleans()):  # ``out`` defaults to a model param (defaults are expressions)
+        params["width"] = draw(st.sampled_from(CHANNELS))
+        for template in blocks.values():
+            template["params"]["out"] = "width"
+    repeats: list[Any] = [1, 2, 3, *(["n", "n + 1"] if "n" in params else [])]
     for k in range(draw(st.integers(1, 3))):
         stride = draw(st.sampled_from([1, "2 if i == 0 else 1"]))
+        c = draw(st.sampled_from(CHANNELS))
+        # inside args, i and n are the block's position and the stage's count
+        outs: list[Any] = [c, f"min(16, {c} + 4 * i)", f"{c} + 4 * (n - 1)"]
         stage: dict[str, Any] = {
             "block": draw(st.sampled_from(kinds)),
             "name": f"stage{k + 1}",
-            "repeat": draw(st.integers(1, 3)),
-            "args": {"out": draw(st.sampled_from(CHANNELS))},
+            "repeat": draw(st.sampled_from(repeats)),
+            "args": {"out": draw(st.sampled_from(outs))},
         }
+        if "width" in params and draw(st.booleans()):
+            del stage["args"]["out"]
         if stride != 1:
             stage["args"]["stride"] = stride
         body.append(stage)
+    if "i" in params:  # the model param i, read after the stages' loops
+        body.append({"op": "conv", "name": "post", "out": "i", "kernel": 1})
     if draw(st.booleans()):
         body += [
             {"op": "global_avgpool"},
@@ -236,7 +253,7 @@ def random_spec(draw: st.DrawFn) -> dict[str, Any]:
         "version": 1,
         "name": "random_spec",
         "input_shape": [channels, *size],
-        "params": {"num_classes": draw(st.integers(2, 10))},
+        "params": params,
         "blocks": blocks,
         "body": body,
     }
