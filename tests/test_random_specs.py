@@ -480,3 +480,36 @@ def test_shrunk_failures_stay_fixed(case: str, tmp_path: Path) -> None:
     spec = load(REGRESSIONS[case], tmp_path)
     assert spec is not None
     check_equivalence(spec)
+
+
+def test_literal_when_builds_or_skips_without_dead_branches(tmp_path: Path) -> None:
+    """``when: true`` is an ordinary node and ``when: false`` no node at all (its value is its
+    input's or ``otherwise``'s), in groups too; both backends agree and write no ``if False:``."""
+    blocks = {
+        "blk": {
+            "params": {"out": None},
+            "body": [
+                {"op": "conv", "name": "a", "out": "out", "kernel": 1},
+                {"op": "conv", "name": "b", "out": "out", "kernel": 1},
+                {"op": "relu", "name": "r", "when": False, "otherwise": "a"},
+                {"op": "bn", "name": "n", "when": True},
+                {
+                    "group": "g",
+                    "body": [
+                        {"op": "conv", "out": "out", "kernel": 1},
+                        {"op": "relu", "when": False},
+                        {"op": "conv", "out": "out", "kernel": 1},
+                    ],
+                },
+                {"group": "h", "body": [{"op": "relu", "when": False}]},
+                {"op": "add", "inputs": ["h", "a"]},
+            ],
+        }
+    }
+    spec = load(_regression(blocks, [{"block": "blk", "name": "s", "args": {"out": 4}}]), tmp_path)
+    assert spec is not None
+    assert [node.id for node in spec.graph.nodes] == ["s.a", "s.n", "s.g.0", "s.g.2", "s.add"]
+    check_equivalence(spec)
+    for backend in ("torch", "keras"):
+        source = rescompiler.emit(spec, backend)
+        assert "if False" not in source and "if True" not in source, backend

@@ -453,13 +453,14 @@ class BodyEmitter:
         for name in [*p.inputs, p.alt]:
             if name not in self.vars:
                 raise self.m.fail(path, f"unknown input {name!r}")
-        if self.fold_of(path) is not None:  # the BN lives on in its conv: output = input
-            var = self.vars[p.inputs[0]]
+        folded = self.fold_of(path) is not None  # the BN lives on in its conv
+        if folded or node.when is False:  # (or ``when: false``): its value is another's
+            var = self.vars[p.inputs[0] if folded else p.alt]
             self.vars[p.local] = var
             self.bound.setdefault(var, set()).add(p.local)
             return
         in_vars = [self.vars[n] for n in p.inputs]
-        conditional = node.when is not None
+        conditional = node.when is not None and node.when is not True
         var = self.choose(p, index, conditional)
         body_indent = indent
         if conditional:
@@ -507,16 +508,19 @@ class BodyEmitter:
                     (*child_path, "otherwise"), "keras: 'otherwise' inside a group is unsupported"
                 )
             local = child.group if isinstance(child, Group) else (child.name or str(k))
+            if child.when is False:
+                continue
+            conditional = child.when is not None and child.when is not True
             child_indent = indent
-            if child.when is not None:
+            if conditional:
                 self.condition(indent, child.when)
                 child_indent = indent + 4
             inner.emit_unit(child, local, child_path, child_indent, current, var)
-            if child.when is not None and current[0] != var:
+            if conditional and current[0] != var:
                 self.line(indent, "else:")
                 self.line(indent + 4, f"{var} = {current[0]}")
             current = [var]
-        if not node.body:
+        if current is in_vars and var != in_vars[0]:  # no child is built
             self.line(indent, f"{var} = {in_vars[0]}")
 
     # -- blocks and stages --------------------------------------------------------------

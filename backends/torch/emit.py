@@ -354,6 +354,7 @@ class BodyEmitter:
         groups += [
             {local, names[0]} for k, (_n, local, names, _a) in enumerate(plan) if self.fold_of(k)
         ]
+        groups += [{local, alt} for node, local, _names, alt in plan if node.when is False]
         merged: list[set[str]] = []
         for group in groups:
             for other in [m for m in merged if m & group]:
@@ -458,7 +459,10 @@ class BodyEmitter:
         if reach is False:  # used nowhere (the front end drops it too): no module, no code
             self.vars[local], self.channels[local] = "None", "0"
             return
-        cond = py(node.when) if node.when is not None else None
+        if node.when is False:  # ``when: false``: never built, its value is ``alt``'s
+            self.vars[local], self.channels[local] = self.vars[alt], self.channels[alt]
+            return
+        cond = py(node.when) if node.when is not None and node.when is not True else None
         if reach is not True:  # used only where ``reach`` holds: built only there
             cond = reach if cond is None else str(all_of(cond, reach))
         op = getattr(node, "op", None)
