@@ -87,7 +87,7 @@ class Bottleneck(nn.Module):
         INITIALISERS["zeros"](self.conv3.bias)
         self.bn3 = nn.BatchNorm2d(out_channels, eps=1.001e-05, momentum=0.01)
         self.relu3 = nn.ReLU(inplace=True)
-        self.out_channels = out_channels if self.shortcut is not None else in_channels
+        self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x

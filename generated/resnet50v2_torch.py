@@ -88,7 +88,7 @@ class PreactBottleneck(nn.Module):
         self.conv3 = nn.Conv2d(filters, out_channels, kernel_size=1)
         INITIALISERS["glorot_uniform"](self.conv3.weight)
         INITIALISERS["zeros"](self.conv3.bias)
-        self.out_channels = out_channels if self.shortcut is not None else in_channels
+        self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.preact_bn(x)

@@ -160,18 +160,19 @@ def _plan_body(
             _plan_body(
                 model, node.body, (*path, index, "body"), set(), names[0], None, inside, plan
             )
-    for entry in entries:
-        entry.always = entry.node.when is None
-    if not in_group:
-        reach = liveness(
+    reach = (  # groups are sequential: their nodes are used wherever the group is
+        [True] * len(entries)
+        if in_group
+        else liveness(
             (
                 (e.local, e.inputs, e.node.otherwise or e.inputs[0], when_source(e.node))
                 for e in entries
             ),
             output or entries[-1].local,
         )
-        for entry, where_used in zip(entries, reach, strict=True):
-            entry.always = entry.always and where_used is True
+    )
+    for entry, where_used in zip(entries, reach, strict=True):
+        entry.always = entry.node.when is None and where_used is True
     readers: dict[str, list[int]] = defaultdict(list)
     for index, entry in enumerate(entries):
         for name in entry.inputs:

@@ -460,7 +460,7 @@ class BodyEmitter:
             self.bound.setdefault(var, set()).add(p.local)
             return
         in_vars = [self.vars[n] for n in p.inputs]
-        conditional = node.when is not None and node.when is not True
+        conditional = isinstance(node.when, str)  # a literal True: always built
         var = self.choose(p, index, conditional)
         body_indent = indent
         if conditional:
@@ -510,7 +510,7 @@ class BodyEmitter:
             local = child.group if isinstance(child, Group) else (child.name or str(k))
             if child.when is False:
                 continue
-            conditional = child.when is not None and child.when is not True
+            conditional = isinstance(child.when, str)
             child_indent = indent
             if conditional:
                 self.condition(indent, child.when)

@@ -462,7 +462,7 @@ class BodyEmitter:
         if node.when is False:  # ``when: false``: never built, its value is ``alt``'s
             self.vars[local], self.channels[local] = self.vars[alt], self.channels[alt]
             return
-        cond = py(node.when) if node.when is not None and node.when is not True else None
+        cond = py(node.when) if isinstance(node.when, str) else None  # a literal True: always
         if reach is not True:  # used only where ``reach`` holds: built only there
             cond = reach if cond is None else str(all_of(cond, reach))
         op = getattr(node, "op", None)
@@ -480,25 +480,19 @@ class BodyEmitter:
         ):
             names = [names[1], names[0]]  # add into the operand that may be overwritten
         in_vars = [self.vars[n] for n in names]
-        if op in ("add", "concat") and cond is not None:
-            self.emit_conditional_merge(node, index, local, names, alt, cond)
-            return
         if op in ("add", "concat"):
             if self.owner != "self":  # the front end keeps merges out of groups
                 raise self.fail(index, f"{op} inside a group is not supported by torch")
+            if cond is not None:
+                self.emit_conditional_merge(node, index, local, names, alt, cond)
+                return
             overwrite = len(names) == 2 and self.may_overwrite(index, names[0])
             var, _ = self.choose_var(index, local, names, False)
+            merged, self.channels[local] = self.merge_source(op, names)
             if op == "add" and overwrite and var == in_vars[0]:
                 self.s.forward.append(f"        {var} += {in_vars[1]}")
-                self.channels[local] = cin
-            elif op == "add":
-                self.s.forward.append(f"        {var} = {' + '.join(in_vars)}")
-                self.channels[local] = cin
             else:
-                self.s.forward += layout(
-                    8, f"{var} = ", Call("torch.cat", (f"[{', '.join(in_vars)}]", "1"))
-                )
-                self.channels[local] = "(" + " + ".join(self.channels[n] for n in names) + ")"
+                self.s.forward += layout(8, f"{var} = ", merged)
             self.vars[local] = var
             return
         if self.owner != "self":
@@ -536,23 +530,15 @@ class BodyEmitter:
         """A merge with ``when`` (or used only in some blocks): the condition is kept as a flag
         set in ``__init__`` (like torchvision's ``use_res_connect``); forward merges or passes
         ``alt`` on."""
-        if self.owner != "self":
-            raise self.fail(index, f"{node.op} inside a group is not supported by torch")
         attributes = {entry[1] for entry in self.entries} | MODULE_ATTRIBUTES
         flag = f"use_{local}"
         while flag in attributes:
             flag += "_"
         self.taken.add(flag)
         self.s.init += layout(8, f"self.{flag} = ", cond)
-        in_vars = [self.vars[n] for n in names]
         alt_var = self.vars[alt]
         var, reused = self.choose_var(index, local, [alt, *names], True)
-        if node.op == "add":
-            merged: Call | str = " + ".join(in_vars)
-            chan = self.channels[names[0]]
-        else:
-            merged = Call("torch.cat", (f"[{', '.join(in_vars)}]", "1"))
-            chan = "(" + " + ".join(self.channels[n] for n in names) + ")"
+        merged, chan = self.merge_source(node.op, names)
         if node.when is not None and chan != self.channels[alt]:  # else read only when on
             chan = f"({chan} if self.{flag} else {self.channels[alt]})"
         self.s.forward.append(f"        if self.{flag}:")
@@ -560,6 +546,14 @@ class BodyEmitter:
         if not (reused and var == alt_var):
             self.s.forward += ["        else:", f"            {var} = {alt_var}"]
         self.vars[local], self.channels[local] = var, chan
+
+    def merge_source(self, op: str, names: list[str]) -> tuple[Call | str, str]:
+        """Source of an ``add``/``concat`` of ``names`` and its channel count."""
+        in_vars = [self.vars[n] for n in names]
+        if op == "add":
+            return " + ".join(in_vars), self.channels[names[0]]
+        channels = "(" + " + ".join(self.channels[n] for n in names) + ")"
+        return Call("torch.cat", (f"[{', '.join(in_vars)}]", "1")), channels
 
     def call_source(self, node: Any, local: str, in_vars: list[str]) -> Call | str:
         if isinstance(node, BlockCall) and node.repeat is not None and len(in_vars) > 1:
