@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import Diagnostic, DiagnosticSink, Location, SpecError
 from .expand import Expander
+from .identifiers import check_graph_names, check_identifiers
 from .ir import Graph
 from .loader import LoadedDocument
 from .names import check_names
@@ -48,12 +49,15 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
     sink = DiagnosticSink()
     overrides = dict(overrides or {})
     check_names(model, doc.locate, sink)
+    check_identifiers(model, doc.locate, sink)
     env, input_shape = resolve_env(model, doc, overrides, sink, Location(str(path)))
     if input_shape is None:
         sink.raise_if_errors()
     assert input_shape is not None
     expander = Expander(model, env, doc.locate, sink)
     graph = expander.run(input_shape)
+    if graph is not None:
+        check_graph_names(graph, sink)
     sink.raise_if_errors()
     assert graph is not None
     graph.check()

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import builtins
 import io
-import json
 import keyword
 import re
-import textwrap
 import tokenize
 from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import Any
 
 from .expr import evaluate, parse_expr, template_parts
-from .pyformat import LINE_LENGTH
+from .pytext import docstring, literal, printable
 from .schema import BlockCall, BlockTemplate, Group, NodeBase, SpecModel
 
 NOT_EXPRESSIONS = {"name", "inputs", "otherwise", "doc", "op", "block", "group", "mode", "names"}
@@ -63,16 +61,6 @@ def double_quotes(source: str) -> str:
         if chars[first] == "'" and chars[last] == "'" and last > first:
             chars[first] = chars[last] = '"'
     return "".join(chars)
-
-
-def literal(value: Any) -> str:
-    """Source of a literal (str, number, bool, None, list/tuple of them), double-quoted."""
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        items = ", ".join(literal(v) for v in value)
-        return f"({items}{',' if len(value) == 1 else ''})"
-    return repr(value)
 
 
 def py(value: Any, rename: Any = None) -> str:
@@ -231,23 +219,10 @@ def annotation(value: Any) -> str:
     return "Any"
 
 
-def docstring(text: str, indent: int = 4) -> str:
-    """A docstring literal at ``indent`` that stays within the line length."""
-    pad = " " * indent
-    width = LINE_LENGTH - indent - 6
-    lines: list[str] = []
-    for paragraph in text.split("\n"):
-        lines += textwrap.wrap(paragraph, width) or [""]
-    if len(lines) == 1 and len(lines[0]) <= width:
-        return f'"""{lines[0]}"""'
-    body = "\n".join(pad + line if line else "" for line in lines[1:])
-    return f'"""{lines[0]}\n{body}\n{pad}"""'
-
-
 def clean(text: str) -> str:
-    """Make text safe inside a triple-quoted docstring."""
-    cleaned = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in text)
-    return cleaned.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').strip()
+    """Spec text for a docstring: control characters replaced, ends stripped. Escaping is
+    :func:`rescompiler.pytext.docstring`'s job, after wrapping."""
+    return printable(text).strip()
 
 
 def local_name(node: Any, index: int, taken: Container[str], in_group: bool = False) -> str:
