@@ -79,18 +79,40 @@ def _as_spec(spec: Spec | str | os.PathLike[str]) -> Spec:
     return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
+def _internal_error(spec: Spec, backend: str, exc: SyntaxError) -> SpecError:
+    """Our own error for emitted source that does not compile (a bug of rescompiler's, never
+    to be shown as a traceback or run half-way)."""
+    return SpecError.single(
+        Location(spec.file),
+        "",
+        f"internal error: the emitted {backend} source does not compile "
+        f"(line {exc.lineno}: {exc.msg}); please report this spec",
+    )
+
+
 def build(spec: Spec | str | os.PathLike[str], backend: str = "torch", **options: Any) -> Any:
     """Build the model with a backend: a ``torch.nn.Module`` or a ``keras.Model``."""
     from .registry import get_backend
 
-    return get_backend(backend).build(_as_spec(spec), **options)
+    spec = _as_spec(spec)
+    try:
+        return get_backend(backend).build(spec, **options)
+    except SyntaxError as exc:
+        raise _internal_error(spec, backend, exc) from None
 
 
 def emit(spec: Spec | str | os.PathLike[str], backend: str = "torch", **options: Any) -> str:
-    """Source of a standalone module for ``spec`` (depends only on the backend's framework)."""
+    """Source of a standalone module for ``spec`` (depends only on the backend's framework).
+    The source is checked to compile: an emitter bug is a SpecError, never a broken file."""
     from .registry import get_backend
 
-    return get_backend(backend).emit(_as_spec(spec), **options)
+    spec = _as_spec(spec)
+    source = get_backend(backend).emit(spec, **options)
+    try:
+        compile(source, f"<{spec.name}_{backend}>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise _internal_error(spec, backend, exc) from None
+    return source
 
 
 def write_atomic(target: Path, text: str) -> None:

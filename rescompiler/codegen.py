@@ -241,6 +241,14 @@ def local_name(node: Any, index: int, taken: Container[str], in_group: bool = Fa
     return name
 
 
+def path_key(path: str) -> tuple[str | int, ...]:
+    """``blocks.b.body[3].x`` → ``("blocks", "b", "body", 3, "x")`` (the loader's path keys)."""
+    key: list[str | int] = []
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        key.append(int(part[1:-1]) if part.startswith("[") else part)
+    return tuple(key)
+
+
 def template_environment(templates: Path) -> Any:
     """The Jinja2 environment the emitters render with (strict, no autoescape, line-exact)."""
     import jinja2  # only emitting needs it; ``--check`` stays light

@@ -22,6 +22,7 @@ from rescompiler.codegen import (
     liveness,
     local_name,
     param_default,
+    path_key,
     py,
     template_environment,
     template_names,
@@ -29,7 +30,7 @@ from rescompiler.codegen import (
     value_names,
     when_source,
 )
-from rescompiler.errors import SpecError
+from rescompiler.errors import Location, SpecError
 from rescompiler.fold import Fold, FoldPlan, fold_notes, plan_folds
 from rescompiler.ir import IRNode
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
@@ -115,9 +116,12 @@ class BodyEmitter:
 
     # -- helpers -----------------------------------------------------------------------
     def fail(self, index: int, message: str) -> SpecError:
-        from rescompiler.errors import Location
-
-        return SpecError.single(Location(self.s.spec.file), f"{self.path}[{index}]", message)
+        path = f"{self.path}[{index}]"
+        document = self.s.spec.document
+        location = (
+            document.locate(path_key(path)) if document is not None else Location(self.s.spec.file)
+        )
+        return SpecError.single(location, path, message)
 
     def default(self, node: NodeBase, name: str) -> Any:
         value = getattr(node, name, None)
