@@ -115,6 +115,24 @@ def emit(spec: Spec | str | os.PathLike[str], backend: str = "torch", **options:
     return source
 
 
+def check_backends(spec: Spec, backends: tuple[str, ...] = ("torch", "keras")) -> None:
+    """Emit (never build) ``spec`` with each built-in backend and raise one SpecError with
+    every backend's refusal (a construct one framework cannot express, a name it reserves), so
+    that ``--check`` passing means every backend can emit the spec. Imports no framework."""
+    from .registry import BackendError
+
+    found: list[Diagnostic] = []
+    for backend in backends:
+        try:
+            emit(spec, backend)
+        except SpecError as exc:
+            found += [d for d in exc.diagnostics if d not in found]
+        except BackendError:  # a backend that cannot even be imported here is not checked
+            continue
+    if found:
+        raise SpecError(found)
+
+
 def write_atomic(target: Path, text: str) -> None:
     """Write ``text`` to ``target`` through a temporary file and a rename in the same folder."""
     target.parent.mkdir(parents=True, exist_ok=True)

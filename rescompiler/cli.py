@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 class Exit(enum.IntEnum):
     """Process exit codes."""
@@ -81,17 +79,25 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["num_classes=10", "depths=[3,4,23,3]"]`` → dict; raises ValueError on bad syntax."""
+def parse_overrides(items: list[str], origin: str = "--set") -> dict[str, Any]:
+    """``["num_classes=10", "depths=[3,4,23,3]"]`` → dict; raises ValueError on bad syntax.
+
+    Values are read by the spec loader's rules: a value no spec may hold (``.nan``, ``.inf``,
+    an integer beyond 2**62, a bad tag such as ``!!int abc``) raises ``SpecError`` located at
+    ``origin`` (the spec file) with spec path ``overrides.KEY``.
+    """
+    from .loader import parse_value
+
     overrides: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         try:
-            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = parse_value(raw, origin, f"overrides.{key.strip()}") if raw.strip() else ""
+        except ValueError:
             raise ValueError(f"--set {key}: cannot parse value {raw!r}") from None
+        overrides[key.strip()] = value
     return overrides
 
 
@@ -111,15 +117,21 @@ def run(argv: list[str] | None = None) -> int:
     from .errors import SpecError
 
     try:
-        overrides = parse_overrides(args.set)
+        overrides = parse_overrides(args.set, args.spec)
     except ValueError as exc:
         print(f"rescompile: error: {exc}", file=sys.stderr)
         return Exit.USAGE
+    except SpecError as exc:  # a value no spec may hold: reported after usage problems
+        overrides, bad_override = {}, exc
+    else:
+        bad_override = None
     problem = _usage_problem(args)
     if problem:
         print(f"rescompile: error: {problem}", file=sys.stderr)
         return Exit.USAGE
     try:
+        if bad_override is not None:
+            raise bad_override
         spec = api.load_spec(args.spec, overrides)
     except SpecError as exc:
         print(str(exc), file=sys.stderr)

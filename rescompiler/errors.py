@@ -1,17 +1,37 @@
-"""Diagnostics: every problem in a spec is reported as ``file:line:col: spec.path: message``."""
+"""Diagnostics: every problem in a spec is reported as ``file:line:col: spec.path: message``.
+
+Whatever a spec contributes to a diagnostic (a key, a value, a file name) is escaped here, once,
+for every producer: no diagnostic holds a line break or another control character, so a spec
+cannot forge extra ``file:line:col:`` lines that editors and CI would annotate.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 
+def escape_text(text: str) -> str:
+    """``text`` with each non-printable character escaped as ``\\n``, ``\\x1b``, ``\\u2028``.
+
+    Printable text (including non-ASCII letters) is returned unchanged; backslashes are kept as
+    they are, so text that ``repr`` already escaped is not escaped twice.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 @dataclass(frozen=True)
 class Location:
-    """A position in a spec file (1-based line and column)."""
+    """A position in a spec file (1-based line and column); the file name is escaped."""
 
     file: str
     line: int = 0
     column: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.file, str) and not self.file.isprintable():
+            object.__setattr__(self, "file", escape_text(self.file))
 
     def __str__(self) -> str:
         if self.line:
@@ -21,12 +41,21 @@ class Location:
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """One problem found in a spec: where it is, which spec path, what is wrong."""
+    """One problem found in a spec: where it is, which spec path, what is wrong.
+
+    ``path`` and ``message`` are escaped on construction (see :func:`escape_text`).
+    """
 
     location: Location
     path: str
     message: str
     severity: str = "error"
+
+    def __post_init__(self) -> None:
+        for name in ("path", "message"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.isprintable():
+                object.__setattr__(self, name, escape_text(value))
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
@@ -35,13 +64,17 @@ class Diagnostic:
 
 
 def format_path(parts: tuple[str | int, ...] | list[str | int]) -> str:
-    """Render a spec path the way users read it: ``blocks.bottleneck.body[3].stride``."""
+    """Render a spec path the way users read it: ``blocks.bottleneck.body[3].stride``.
+
+    Keys are escaped (:func:`escape_text`) and the result is cut to 120 characters.
+    """
     out = ""
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            text = escape_text(str(part))
+            out += f".{text}" if out else text
     return out if len(out) <= 120 else out[:117] + "..."
 
 

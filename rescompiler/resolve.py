@@ -4,14 +4,22 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from .errors import Diagnostic, DiagnosticSink, Location, SpecError, format_path
-from .expr import ExprError, evaluate, suggest
-from .loader import LoadedDocument, PathKey, load_document
+from .expr import MAX_INT, ExprError, evaluate, suggest
+from .loader import (
+    MAX_DEPTH,
+    LoadedDocument,
+    PathKey,
+    load_document,
+    not_regular_reason,
+    os_error_reason,
+)
 from .schema import NODE_TAGS, OP_NAMES, BlockTemplate, SpecModel
 
 MAX_EXTENDS_DEPTH = 16
@@ -39,6 +47,31 @@ def _merge(
     return child
 
 
+def _shown(value: Any) -> str:
+    """``repr`` of a spec value, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _base_problem(parent: str, directory: Path) -> tuple[Path | None, str | None]:
+    """Resolve an ``extends`` target; return it, or why it cannot be read as a spec."""
+    name = _shown(parent)
+    if "\x00" in parent:
+        return None, f"base spec {name} is not a valid file name (it contains a NUL byte)"
+    try:
+        resolved = (directory / parent).resolve()
+        info = resolved.stat()
+    except FileNotFoundError:
+        return None, f"base spec {name} not found (looked in {directory})"
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop (3.11)
+        reason = os_error_reason(exc) if isinstance(exc, OSError | ValueError) else str(exc)
+        return None, f"cannot read base spec {name}: {reason}"
+    reason = not_regular_reason(info.st_mode)
+    if reason is not None:
+        return None, f"base spec {name} {reason}"
+    return resolved, None
+
+
 def load_merged(
     path: Path, display: str | None = None, chain: tuple[Path, ...] = ()
 ) -> LoadedDocument:
@@ -49,17 +82,16 @@ def load_merged(
         return doc
     where = doc.locate(("extends",))
     if not isinstance(parent, str):
-        raise SpecError.single(where, "extends", "extends must be a file path")
-    resolved = (path.parent / parent).resolve()
+        message = f"extends must be a file path, got {_shown(parent)}"
+        raise SpecError.single(where, "extends", message)
+    resolved, problem = _base_problem(parent, path.parent)
+    if problem is not None or resolved is None:
+        raise SpecError.single(where, "extends", problem or "base spec not found")
     if resolved in chain or resolved == path.resolve():
         cycle = " -> ".join(p.name for p in (*chain, path.resolve(), resolved))
         raise SpecError.single(where, "extends", f"extends cycle: {cycle}")
     if len(chain) >= MAX_EXTENDS_DEPTH:
         raise SpecError.single(where, "extends", f"extends chain longer than {MAX_EXTENDS_DEPTH}")
-    if not resolved.is_file():
-        raise SpecError.single(
-            where, "extends", f"base spec {parent!r} not found (looked in {path.parent})"
-        )
     base_display = str(Path(doc.file).parent / parent)
     base = load_merged(resolved, base_display, (*chain, path.resolve()))
     positions = dict(base.positions)
@@ -194,6 +226,23 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def override_problem(value: Any, depth: int = 0) -> str | None:
+    """Why an override value is one no spec may hold (non-finite, beyond 2**62), or None."""
+    if depth > MAX_DEPTH:
+        return f"nesting deeper than {MAX_DEPTH} levels"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        return "integer too large (magnitude above 2**62)"
+    items = list(value.values()) if isinstance(value, dict) else value
+    if isinstance(items, list | tuple):
+        for item in items:
+            problem = override_problem(item, depth + 1)
+            if problem is not None:
+                return problem
+    return None
+
+
 def resolve_env(
     spec: SpecModel,
     doc: LoadedDocument,
@@ -205,6 +254,10 @@ def resolve_env(
     params = dict(spec.params)
     raw_shape: Any = spec.input_shape
     for key, value in overrides.items():
+        problem = override_problem(value)
+        if problem is not None:
+            sink.error(origin, f"overrides.{key}", problem)
+            continue
         if key == "input_shape":
             raw_shape = value
             continue

@@ -511,7 +511,7 @@ class BodyEmitter:
             self.s.init += ["        else:", f"            self.{local} = None"]
             if node.when is not None and out_chan != self.channels[alt]:
                 out_chan = f"({out_chan} if self.{local} is not None else {self.channels[alt]})"
-        call = self.call_source(node, local, in_vars)
+        call = self.call_source(node, index, local, in_vars)
         alt_var = self.vars[alt]
         var, reused = self.choose_var(
             index, local, names if cond is None else [alt, *names], cond is not None
@@ -559,12 +559,10 @@ class BodyEmitter:
         channels = "(" + " + ".join(self.channels[n] for n in names) + ")"
         return Call("torch.cat", (f"[{', '.join(in_vars)}]", "1")), channels
 
-    def call_source(self, node: Any, local: str, in_vars: list[str]) -> Call | str:
+    def call_source(self, node: Any, index: int, local: str, in_vars: list[str]) -> Call | str:
         if isinstance(node, BlockCall) and node.repeat is not None and len(in_vars) > 1:
-            raise SpecError.single(
-                self.s.spec.graph.nodes[0].location,
-                self.path,
-                "stages of multi-input blocks are not supported by the torch backend",
+            raise self.fail(
+                index, "torch: stages of multi-input blocks are not supported (nn.Sequential)"
             )
         return Call(f"self.{local}", tuple(in_vars))
 
