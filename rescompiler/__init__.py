@@ -5,12 +5,14 @@ Importing this package imports neither torch nor tensorflow; backends load on fi
 
 from .api import Spec, build, compile_spec, emit, load_spec, transfer_weights
 from .errors import Diagnostic, Location, SpecError
+from .registry import BackendError
 from .summary import Summary, summarize
 from .verifier import Report, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendError",
     "Diagnostic",
     "Location",
     "Report",

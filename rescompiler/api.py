@@ -12,6 +12,7 @@ from .errors import Diagnostic, DiagnosticSink, Location, SpecError
 from .expand import Expander
 from .identifiers import check_graph_names, check_identifiers
 from .ir import Graph
+from .library import close_names, find_spec, present
 from .loader import LoadedDocument
 from .names import check_names
 from .resolve import load_merged, resolve_env, validate
@@ -41,9 +42,12 @@ class Spec:
 def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Spec:
     """Load, validate, resolve and expand a spec file. Raises SpecError listing every problem.
 
-    ``overrides`` sets params (``{"num_classes": 10}``) or ``input_shape``.
+    ``path`` is a spec file, or the name of a library spec (``"resnet50"``); an existing
+    file wins. ``overrides`` sets params (``{"num_classes": 10}``) or ``input_shape``.
     """
-    path = Path(path)
+    path = find_spec(path)
+    if not present(path):
+        raise SpecError.single(Location(str(path)), "", missing_spec_message(str(path)))
     doc = load_merged(path, str(path))
     model = validate(doc)
     sink = DiagnosticSink()
@@ -75,6 +79,13 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
     )
 
 
+def missing_spec_message(name: str) -> str:
+    """What to say about a spec path that names no file and no library spec."""
+    close = close_names(name)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return f"no spec file {name!r} and no library spec of that name{hint}; see 'rescompile list'"
+
+
 def _as_spec(spec: Spec | str | os.PathLike[str]) -> Spec:
     return spec if isinstance(spec, Spec) else load_spec(spec)
 
@@ -91,14 +102,23 @@ def _internal_error(spec: Spec, backend: str, exc: SyntaxError) -> SpecError:
 
 
 def build(spec: Spec | str | os.PathLike[str], backend: str = "torch", **options: Any) -> Any:
-    """Build the model with a backend: a ``torch.nn.Module`` or a ``keras.Model``."""
-    from .registry import get_backend
+    """Build the model with a backend: a ``torch.nn.Module`` or a ``keras.Model``.
+
+    Raises :class:`~rescompiler.registry.BackendError` naming the extra to install when the
+    backend's framework is missing (emitting never needs it)."""
+    from .registry import BackendError, get_backend, missing_framework
 
     spec = _as_spec(spec)
+    module = get_backend(backend)
     try:
-        return get_backend(backend).build(spec, **options)
+        return module.build(spec, **options)
     except SyntaxError as exc:
         raise _internal_error(spec, backend, exc) from None
+    except ModuleNotFoundError as exc:
+        hint = missing_framework(backend, exc)
+        if hint is None:
+            raise
+        raise BackendError(hint) from None
 
 
 def emit(spec: Spec | str | os.PathLike[str], backend: str = "torch", **options: Any) -> str:

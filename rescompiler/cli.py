@@ -36,7 +36,11 @@ def make_parser() -> argparse.ArgumentParser:
         description="Compile a residual-CNN spec (YAML/JSON) to PyTorch or Keras. "
         "Use 'rescompile schema' to print the spec format's JSON Schema.",
     )
-    parser.add_argument("spec", help="spec file (.yaml, .yml or .json), or 'schema'")
+    parser.add_argument(
+        "spec",
+        help="spec file (.yaml, .yml or .json) or a library spec's name (resnet50); "
+        "'list' lists the library, 'schema' prints the JSON Schema",
+    )
     parser.add_argument("--backend", help="compile with this backend (torch, keras)")
     parser.add_argument(
         "-o",
@@ -108,13 +112,44 @@ def _print_schema() -> int:
     return Exit.OK
 
 
+def _print_library() -> int:
+    """``rescompile list``: the library's specs with their parameter counts and references."""
+    from .api import load_spec
+    from .errors import SpecError
+    from .library import library_names
+    from .summary import summarize
+
+    rows = [("name", "params", "with BN stats", "reference")]
+    for name in library_names():
+        try:
+            spec = load_spec(name)
+        except SpecError as exc:  # a broken library file is reported, the rest still listed
+            print(str(exc), file=sys.stderr)
+            continue
+        info = summarize(spec)
+        reference = spec.model.reference
+        shown = reference if len(reference) <= 60 else reference[:57] + "..."
+        rows.append((name, f"{info.trainable_params:,}", f"{info.total_params:,}", shown))
+    widths = [max(len(row[k]) for row in rows) for k in range(3)]
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}")
+    return Exit.OK
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = make_parser().parse_args(argv)
     if args.spec == "schema" and not Path("schema").is_file():
         return _print_schema()
+    if args.spec == "list" and not Path("list").is_file():
+        return _print_library()
     from . import api
     from .errors import SpecError
+    from .library import find_spec, present
+
+    if not present(find_spec(args.spec)):  # a usage error, not an invalid spec
+        print(f"rescompile: error: {api.missing_spec_message(args.spec)}", file=sys.stderr)
+        return Exit.USAGE
 
     try:
         overrides = parse_overrides(args.set, args.spec)
@@ -139,6 +174,11 @@ def run(argv: list[str] | None = None) -> int:
     for warning in spec.warnings:
         print(str(warning), file=sys.stderr)
     if args.check:
+        try:  # every backend must be able to emit it (emitting imports no framework)
+            api.check_backends(spec)
+        except SpecError as exc:
+            print(str(exc), file=sys.stderr)
+            return Exit.SPEC_ERROR
         print(f"{args.spec}: ok ({len(spec.graph.nodes)} layers)", file=sys.stderr)
         return Exit.OK
     if args.summary:

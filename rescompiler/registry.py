@@ -11,8 +11,16 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
-BUILTIN: dict[str, str] = {"torch": "backends.torch", "keras": "backends.keras"}
+BUILTIN: dict[str, str] = {
+    "torch": "rescompiler.backends.torch",
+    "keras": "rescompiler.backends.keras",
+}
 EXTRAS: dict[str, str] = {"torch": "torch", "keras": "keras"}
+# the top-level modules each built-in backend's framework brings
+FRAMEWORK_MODULES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch", "numpy"),
+    "keras": ("keras", "tensorflow", "numpy", "h5py"),
+}
 _loaded: dict[str, Any] = {}
 
 
@@ -44,17 +52,26 @@ def get_backend(name: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        extra = EXTRAS.get(name, name)
-        raise BackendError(
-            f"backend {name!r} cannot be imported ({exc}); "
-            f"install it with: pip install 'rescompiler[{extra}]'"
-        ) from None
+        raise BackendError(f"backend {name!r} ({module_name}) cannot be imported: {exc}") from None
     backend = getattr(module, attr) if attr else module
     for needed in ("build", "emit"):
         if not hasattr(backend, needed):
             raise BackendError(f"backend {name!r} ({target}) does not implement {needed}()")
     _loaded[name] = backend
     return backend
+
+
+def missing_framework(name: str, exc: ModuleNotFoundError) -> str | None:
+    """The message for a backend whose framework is not installed (``exc`` names the missing
+    module), or None when the missing module is not the framework's."""
+    missing = (exc.name or "").split(".")[0]
+    if missing not in FRAMEWORK_MODULES.get(name, ()):
+        return None
+    extra = EXTRAS.get(name, name)
+    return (
+        f"building with the {name} backend needs {missing}, which is not installed; "
+        f"install it with: pip install 'rescompiler[{extra}]' (emitting source needs no framework)"
+    )
 
 
 def backend_of(model: Any) -> str:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from .errors import Diagnostic, DiagnosticSink, Location, SpecError, format_path
 from .expr import MAX_INT, ExprError, evaluate, suggest
+from .library import close_names, library_spec
 from .loader import (
     MAX_DEPTH,
     LoadedDocument,
@@ -62,7 +63,12 @@ def _base_problem(parent: str, directory: Path) -> tuple[Path | None, str | None
         resolved = (directory / parent).resolve()
         info = resolved.stat()
     except FileNotFoundError:
-        return None, f"base spec {name} not found (looked in {directory})"
+        library = library_spec(parent)
+        if library is not None:  # ``extends: resnet50`` names the library's spec
+            return library.resolve(), None
+        close = close_names(parent)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        return None, f"base spec {name} not found (looked in {directory} and the library{hint})"
     except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop (3.11)
         reason = os_error_reason(exc) if isinstance(exc, OSError | ValueError) else str(exc)
         return None, f"cannot read base spec {name}: {reason}"
@@ -92,7 +98,8 @@ def load_merged(
         raise SpecError.single(where, "extends", f"extends cycle: {cycle}")
     if len(chain) >= MAX_EXTENDS_DEPTH:
         raise SpecError.single(where, "extends", f"extends chain longer than {MAX_EXTENDS_DEPTH}")
-    base_display = str(Path(doc.file).parent / parent)
+    local = path.parent / parent
+    base_display = str(Path(doc.file).parent / parent) if local.exists() else str(resolved)
     base = load_merged(resolved, base_display, (*chain, path.resolve()))
     positions = dict(base.positions)
     child_data = {k: v for k, v in doc.data.items() if k != "extends"}

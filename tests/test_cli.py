@@ -88,10 +88,10 @@ def test_set_overrides_and_summary_json() -> None:
     assert totals["total_params"] == totals["trainable_params"] + totals["bn_statistics"]
 
 
-def test_missing_file_is_a_spec_error() -> None:
+def test_missing_file_is_a_usage_error() -> None:
     result = rescompile("specs/nope.yaml", "--check")
-    assert result.returncode == 1
-    assert result.stderr.startswith("specs/nope.yaml: cannot read file")
+    assert result.returncode == 2
+    assert result.stderr.startswith("rescompile: error: no spec file 'specs/nope.yaml'")
 
 
 @pytest.mark.parametrize("name", ["resnet50", "resnet18"])

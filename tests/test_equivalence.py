@@ -133,7 +133,7 @@ def test_verify_fails_when_a_backend_computes_something_else(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A wrong weight in the Keras import must show as a failing pair and exit 1."""
-    from backends.keras import weights
+    from rescompiler.backends.keras import weights
 
     original = weights.import_weights
     calls: list[Any] = []
@@ -145,7 +145,7 @@ def test_verify_fails_when_a_backend_computes_something_else(
         calls.append(model)
         original(spec, model, data)
 
-    monkeypatch.setattr("backends.keras.import_weights", skewed)
+    monkeypatch.setattr("rescompiler.backends.keras.import_weights", skewed)
     code = cli.run(["specs/cifar_resnet20.yaml", "--verify", "--format", "json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and report["ok"] is False

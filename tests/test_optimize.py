@@ -106,7 +106,7 @@ def test_torch_inference_build_computes_the_plain_model(name: str) -> None:
 
 @pytest.mark.parametrize("name", library())
 def test_keras_inference_build_computes_the_plain_model(name: str) -> None:
-    from backends.keras import folded_layers, load_plain_weights
+    from rescompiler.backends.keras import folded_layers, load_plain_weights
 
     shape = small_input(name)
     spec = load(name, shape)
@@ -205,7 +205,7 @@ def test_bn_before_a_conv_folds_only_where_the_conv_does_not_pad(before_spec) ->
 
 
 def test_bn_before_a_conv_torch_and_keras(before_spec) -> None:
-    from backends.keras import load_plain_weights
+    from rescompiler.backends.keras import load_plain_weights
 
     torch.manual_seed(0)
     plain = rescompiler.build(before_spec, "torch").eval()

@@ -129,7 +129,8 @@ def test_size_cap_holds_on_bytes_read_not_st_size(
 def test_directory_and_os_errors_are_located(tmp_path: Path) -> None:
     cases = {
         tmp_path: "cannot read file: is a directory",
-        tmp_path / "missing.yaml": "cannot read file: No such file or directory",
+        tmp_path / "missing.yaml": f"no spec file {str(tmp_path / 'missing.yaml')!r} and no "
+        "library spec of that name; see 'rescompile list'",
         tmp_path / ("x" * 300 + ".yaml"): "cannot read file: File name too long",
         tmp_path / "nul\0.yaml": "cannot read file: file name contains a NUL byte",
     }

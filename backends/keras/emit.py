@@ -16,7 +16,7 @@ Each op computes what the spec (and the torch backend) computes:
 - bilinear upsampling: ``UpSampling2D`` equals torch's ``align_corners=False``;
   ``BilinearUpSampling2D`` computes ``align_corners=True``;
 - flatten flattens NHWC: a spatial flatten orders features (h, w, c), not torch's (c, h, w);
-  ``backends.keras.weights`` permutes the next layer's weights accordingly;
+  ``rescompiler.backends.keras.weights`` permutes the next layer's weights accordingly;
 - initialisers draw from torch's distributions (``torch_default`` included).
 """
 
