@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import enum
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -204,6 +206,17 @@ def run(argv: list[str] | None = None) -> int:
     return _compile(spec, args.backend, args.out or "generated", options)
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``--device`` cannot work here, judged without importing a framework, or None."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        return f"--device takes cpu, cuda or cuda:N, got {device!r}"
+    if device.startswith("cuda") and not any(
+        os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+    ):
+        return f"--device {device}: this machine has no GPU driver (no /dev/nvidiactl or /dev/kfd)"
+    return None
+
+
 def _usage_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the combination of options, or None."""
     if not any((args.check, args.summary, args.graph, args.backend, args.verify, args.convert)):
@@ -218,6 +231,16 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return "--optimize only goes with --backend"
     if args.convert and args.out == "-":
         return "--convert writes a binary file: give -o FILE, not -"
+    if args.convert:  # cheap checks first: the frameworks take seconds to import
+        from .convert import checkpoint_problem
+
+        why = checkpoint_problem(args.convert)
+        if why is not None:
+            return f"--convert {args.convert}: {why}"
+    if args.verify:
+        why = device_problem(args.device)
+        if why is not None:
+            return why
     out = Path(args.out) if args.backend and args.out and args.out != "-" else None
     if out is not None and out.suffix in (".py", ".h5", ".keras") and not out.is_dir():
         return f"-o takes a directory (the file is named after the spec) or -, got {args.out!r}"
@@ -292,11 +315,17 @@ def _compile(spec: Any, backend: str, out: str, options: dict[str, Any]) -> int:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A reader that stops early (``| head``) ends the run
+    quietly with 141, as a process killed by SIGPIPE would."""
     try:
         code = run()
+        sys.stdout.flush()
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # Python flushes stdout again at exit
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 141
     raise SystemExit(code)
 
 

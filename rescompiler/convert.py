@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -144,16 +145,32 @@ def load_keras_checkpoint(spec: Spec, model: Any, path: str | os.PathLike[str]) 
 
 def _write_atomically(target: Path, save: Any) -> None:
     """``save(tmp_path)`` next to ``target``, then rename; nothing is left on failure."""
+    from .api import file_mode
+
     suffix = ".weights.h5" if target.name.endswith(".weights.h5") else target.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     try:
         os.unlink(tmp)  # keras refuses to overwrite without asking
         save(tmp)
+        os.chmod(tmp, file_mode(target))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be a checkpoint to read (missing, not a regular file), or None."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except (OSError, ValueError) as exc:
+        return f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return "is a directory" if stat.S_ISDIR(info.st_mode) else "is not a regular file"
+    return None
 
 
 def convert_weights(
@@ -179,6 +196,9 @@ def convert_weights(
         raise ValueError(f"{target.parent}: no such directory")
     if target.resolve() == Path(source).resolve():
         raise ValueError(f"{target}: would overwrite the checkpoint being converted")
+    problem = checkpoint_problem(source)  # checked before the frameworks load (seconds)
+    if problem is not None:
+        raise ConvertError(f"{source}: {problem}")
     torch = import_torch()  # the torch stack always loads before tensorflow
     import_keras()
     if src_backend == "torch":

@@ -253,7 +253,10 @@ def _compose(text: str, file: str) -> Node | None:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "syntax error"
-        raise SpecError.single(Location(file, line, col), "", f"invalid YAML: {problem}") from None
+        hint = yaml_hint(problem, exc.context or "")
+        raise SpecError.single(
+            Location(file, line, col), "", f"invalid YAML: {problem}{hint}"
+        ) from None
     except yaml.reader.ReaderError as exc:
         pos = exc.position if isinstance(exc.position, int) else 0
         line, col = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
@@ -262,6 +265,32 @@ def _compose(text: str, file: str) -> Node | None:
         raise SpecError.single(Location(file, 1, 1), "", f"invalid YAML: {exc}") from None
     except RecursionError:
         raise SpecError.single(Location(file, 1, 1), "", "nesting too deep") from None
+
+
+YAML_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "mapping values are not allowed",
+        "a key needs a space after its colon, and a value holding ': ' must be quoted; "
+        "or this line is indented deeper than its key",
+    ),
+    ("could not find expected ':'", "a key needs ': ' after it; or a quote above is not closed"),
+    ("cannot start any token", "indent with spaces, not tabs; quote values starting with @ or `"),
+    ("expected <block end>", "this line is indented differently from the lines around it"),
+    ("did not find expected key", "this line is indented differently from the keys around it"),
+    ("did not find expected '-'", "list items of one list must start at the same column"),
+    ("expected ',' or ']'", "a [...] list is not closed, or misses a comma"),
+    ("expected ',' or '}'", "a {...} mapping is not closed, or misses a comma"),
+    ("found unexpected end of stream", "a quote is not closed"),
+    ("found undefined alias", "*name needs an &name anchor earlier in the file"),
+)
+
+
+def yaml_hint(problem: str, context: str) -> str:
+    """`` (look at: ...)`` for a PyYAML problem a user can fix by looking at one thing."""
+    for needle, hint in YAML_HINTS:
+        if needle in problem or needle in context:
+            return f" ({hint})"
+    return ""
 
 
 def _reader_problem(exc: yaml.reader.ReaderError) -> str:
