@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .expr import ExprError, evaluate
+from .expr import ExprError, evaluate, short_repr
 from .schema import INIT_NAMES, NodeBase, OpDefaults
+
+FieldRule = Callable[[Any, str], Any]
 
 BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "conv": {"bias": True},
@@ -30,7 +33,7 @@ def _int(value: Any, field: str, minimum: int) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise AttrError(field, f"{field} must be an integer, got {value!r}")
+        raise AttrError(field, f"{field} must be an integer, got {short_repr(value)}")
     if value < minimum:
         bound = "positive" if minimum == 1 else "non-negative"
         raise AttrError(field, f"{field} must be {bound}, got {value}")
@@ -61,14 +64,41 @@ def _pad4(value: Any, field: str) -> tuple[int, int, int, int]:
 
 def _bool(value: Any, field: str) -> bool:
     if not isinstance(value, bool):
-        raise AttrError(field, f"{field} must be true or false, got {value!r}")
+        raise AttrError(field, f"{field} must be true or false, got {short_repr(value)}")
     return value
 
 
 def _float(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise AttrError(field, f"{field} must be a number, got {value!r}")
-    return float(value)
+        raise AttrError(field, f"{field} must be a number, got {short_repr(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise AttrError(field, f"{field} must be a finite number, got {short_repr(value)}")
+    return number
+
+
+def _ranged(
+    low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> FieldRule:
+    """A rule for a finite number in [low, high] (a bound left out of the range when open)."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+
+    def rule(value: Any, field: str) -> float:
+        number = _float(value, field)
+        below = number <= low if low_open else number < low
+        above = number >= high if high_open else number > high
+        if below or above:
+            if math.isinf(high) and low == 0:
+                wanted = "positive" if low_open else "non-negative"
+            else:
+                wanted = f"in {left}{low:g}, {high:g}{right}"
+            raise AttrError(field, f"{field} must be {wanted}, got {short_repr(value)}")
+        return number
+
+    return rule
 
 
 def _conv_padding(raw: Any, attrs: dict[str, Any], env: Mapping[str, Any]) -> tuple[int, ...]:
@@ -88,7 +118,6 @@ def _conv_padding(raw: Any, attrs: dict[str, Any], env: Mapping[str, Any]) -> tu
     return _pad4(evaluate(raw, env), "padding")
 
 
-FieldRule = Callable[[Any, str], Any]
 RULES: dict[str, FieldRule] = {
     "out": lambda v, f: _int(v, f, 1),
     "groups": lambda v, f: _int(v, f, 1),
@@ -101,10 +130,10 @@ RULES: dict[str, FieldRule] = {
     "count_include_pad": _bool,
     "keepdims": _bool,
     "align_corners": _bool,
-    "eps": _float,
-    "momentum": _float,
+    "eps": _ranged(0.0, math.inf, low_open=True, high_open=True),
+    "momentum": _ranged(0.0, 1.0),
     "slope": _float,
-    "p": _float,
+    "p": _ranged(0.0, 1.0, high_open=True),
     "scale": lambda v, f: _int(v, f, 1),
     "before": lambda v, f: _int(v, f, 0),
     "after": lambda v, f: _int(v, f, 0),
@@ -127,7 +156,7 @@ def _init(raw: Any, env: Mapping[str, Any]) -> dict[str, str]:
             except ExprError as exc:
                 raise AttrError("init", str(exc)) from None
             if value not in INIT_NAMES:
-                raise AttrError("init", f"init.{tensor}: unknown initialiser {value!r}")
+                raise AttrError("init", f"init.{tensor}: unknown initialiser {short_repr(value)}")
         out[tensor] = value
     return out
 

@@ -5,16 +5,17 @@ merges, and drop nodes that do not reach the output. Errors are collected, not r
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .attrs import AttrError, resolve_attrs
 from .errors import DiagnosticSink, Location, format_path
-from .expr import ExprError, evaluate, render_template, suggest
+from .expr import ExprError, evaluate, render_template, short_repr, suggest
 from .infer import InferError, fmt, infer_node
 from .ir import INPUT, Container, Graph, IRNode
-from .schema import BlockCall, BlockTemplate, Group, NodeBase, SpecModel
+from .schema import RESERVED, BlockCall, BlockTemplate, Group, NodeBase, SpecModel
 
 PathKey = tuple[str | int, ...]
 
@@ -26,9 +27,29 @@ def _cap(name: str, default: int) -> int:
         return default
 
 
+# Layers, block instances, groups and nodes switched off by `when`: all count.
 MAX_NODES = _cap("RESCOMPILER_MAX_NODES", 250_000)
 MAX_PARAMS = _cap("RESCOMPILER_MAX_PARAMS", 20_000_000_000)
 MAX_ACTIVATION = _cap("RESCOMPILER_MAX_ACTIVATION", 4_000_000_000)
+# Block args, param defaults, lets and backend names evaluated over all instances.
+MAX_EVALUATIONS = _cap("RESCOMPILER_MAX_EVALUATIONS", 2_000_000)
+MAX_NESTING = 32  # blocks inside blocks and groups inside groups, counted together
+
+CHILD_NAME = re.compile(r"(0|[1-9][0-9]*|[A-Za-z][A-Za-z0-9_]*)")
+BACKEND_NAME = re.compile(r"[A-Za-z0-9_]+")
+MAX_NAME_CHARS = 128
+
+
+def child_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name the child of a stage, or None when it can: a child is named by
+    a non-negative integer (``0``, ``12``) or an identifier that is not a reserved word."""
+    if len(name) > 64 or not CHILD_NAME.fullmatch(name):
+        return (
+            "a child name is a non-negative integer or letters, digits and _ starting with a letter"
+        )
+    if name in RESERVED:
+        return "it is a reserved word"
+    return None
 
 
 class CapExceeded(Exception):
@@ -75,6 +96,10 @@ class Expander:
         self.params = 0
         self.conditional: set[str] = set()
         self.stack: list[str] = []
+        self.units = 0  # body entries expanded and stage instances created
+        self.evaluations = 0  # block values and backend names evaluated
+        self.multiplier = 1  # instances of the stage being expanded (product of repeats)
+        self.nesting = 0  # bodies being expanded, one inside another
         # merges switched off without ``otherwise``: (path, op, input names, input ids)
         self.off_merges: list[tuple[PathKey, str, list[str], list[str]]] = []
 
@@ -87,10 +112,14 @@ class Expander:
     def run(self, input_shape: tuple[int, ...]) -> Graph | None:
         """Expand the model body; returns None when errors were recorded."""
         self.shapes[INPUT] = input_shape
+        self.check_block_defaults()
         scope = Scope("", "", (), self.globals, {INPUT: INPUT})
         try:
             output = self.expand_body(self.spec.body, ("body",), scope, [INPUT])
         except CapExceeded:
+            return None
+        except RecursionError:  # a last resort: nesting is bounded by MAX_NESTING
+            self.error(("body",), "the spec is nested too deeply to expand")
             return None
         if self.sink.errors or output is None:
             return None
@@ -101,6 +130,38 @@ class Expander:
             output,
             self.containers,
         )
+
+    def check_block_defaults(self) -> None:
+        """Evaluate every block param default against the model's params and lets, so a bad
+        default is reported even where every call overrides it or the block is never used."""
+        for name, template in self.spec.blocks.items():
+            for key, default in template.params.items():
+                if default is None:
+                    continue
+                try:
+                    evaluate(default, self.globals)
+                except ExprError as exc:
+                    self.error(("blocks", name, "params", key), str(exc), key=f"attr:{key}")
+
+    def _spend(self, path: PathKey, count: int) -> None:
+        self.evaluations += count
+        if self.evaluations > MAX_EVALUATIONS:
+            self._cap(
+                path,
+                f"model needs more than {MAX_EVALUATIONS:,} evaluations of block values "
+                "and names to expand",
+                "RESCOMPILER_MAX_EVALUATIONS",
+            )
+
+    def _count_unit(self, path: PathKey) -> None:
+        self.units += 1
+        if self.units > MAX_NODES:
+            self._cap(
+                path,
+                f"model exceeds the cap of {MAX_NODES:,} layers "
+                "(block instances, groups and switched-off nodes count too)",
+                "RESCOMPILER_MAX_NODES",
+            )
 
     def _live_nodes(self, output: str) -> list[IRNode]:
         live = {output}
@@ -144,12 +205,23 @@ class Expander:
         self, body: list[Any], path: PathKey, scope: Scope, first: list[str | None]
     ) -> str | None:
         """Expand a list of nodes; returns the id of the last output (None after an error)."""
-        previous: list[str | None] = first
-        scope.declared.update(n.name for n in body if getattr(n, "name", None))
-        for index, node in enumerate(body):
-            node_path = (*path, index)
-            previous = [self.expand_node(node, node_path, scope, previous, index)]
-        return previous[0]
+        if self.nesting >= MAX_NESTING:
+            shown = (
+                self.stack if len(self.stack) <= 6 else [*self.stack[:3], "...", *self.stack[-2:]]
+            )
+            chain = f" (blocks {' -> '.join(shown)})" if self.stack else ""
+            self.error(path, f"blocks and groups nested deeper than {MAX_NESTING} levels{chain}")
+            return None
+        self.nesting += 1
+        try:
+            previous: list[str | None] = first
+            scope.declared.update(n.name for n in body if getattr(n, "name", None))
+            for index, node in enumerate(body):
+                node_path = (*path, index)
+                previous = [self.expand_node(node, node_path, scope, previous, index)]
+            return previous[0]
+        finally:
+            self.nesting -= 1
 
     def _inputs(
         self, node: NodeBase, path: PathKey, scope: Scope, previous: list[str | None]
@@ -188,6 +260,7 @@ class Expander:
         self, node: Any, path: PathKey, scope: Scope, previous: list[str | None], index: int
     ) -> str | None:
         """Expand one node of a body and register its local name; returns its output id."""
+        self._count_unit(path)
         default = (
             node.block
             if isinstance(node, BlockCall)
@@ -242,7 +315,7 @@ class Expander:
             self.error((*path, "when"), str(exc), key="attr:when")
             return True
         if not isinstance(value, bool):
-            self.error((*path, "when"), f"when must be true or false, got {value!r}")
+            self.error((*path, "when"), f"when must be true or false, got {short_repr(value)}")
             return True
         return value
 
@@ -250,11 +323,22 @@ class Expander:
         self, node: NodeBase, path: PathKey, env: Mapping[str, Any]
     ) -> dict[str, str]:
         names = {}
+        if node.names:
+            self._spend(path, len(node.names))
         for backend, template in node.names.items():
             try:
-                names[backend] = render_template(template, env)
+                name = render_template(template, env)
             except ExprError as exc:
                 self.error((*path, "names", backend), str(exc))
+                continue
+            if len(name) > MAX_NAME_CHARS or not BACKEND_NAME.fullmatch(name):
+                self.error(
+                    (*path, "names", backend),
+                    f"{backend} name {short_repr(name)} is not a valid name "
+                    f"(1 to {MAX_NAME_CHARS} letters, digits and _)",
+                )
+                continue
+            names[backend] = name
         return names
 
     # -- primitive ops -----------------------------------------------------------------
@@ -376,12 +460,30 @@ class Expander:
             self.error((*path, "repeat"), str(exc), key="attr:repeat")
             return None
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            self.error((*path, "repeat"), f"repeat must be a positive integer, got {count!r}")
+            self.error(
+                (*path, "repeat"), f"repeat must be a positive integer, got {short_repr(count)}"
+            )
             return None
+        # checked before a single instance is made: each instance counts towards the cap
         if count > MAX_NODES:
             self._cap(
                 (*path, "repeat"),
                 f"repeat {count:,} exceeds the cap of {MAX_NODES:,} layers",
+                "RESCOMPILER_MAX_NODES",
+            )
+        if count * self.multiplier > MAX_NODES:
+            self._cap(
+                (*path, "repeat"),
+                f"repeat {count:,} inside stages repeated {self.multiplier:,} times makes "
+                f"{count * self.multiplier:,} block instances, over the cap of {MAX_NODES:,} "
+                "layers",
+                "RESCOMPILER_MAX_NODES",
+            )
+        if self.units + count > MAX_NODES:
+            self._cap(
+                (*path, "repeat"),
+                f"repeat {count:,} after {self.units:,} layers, block instances and groups "
+                f"exceeds the cap of {MAX_NODES:,} layers",
                 "RESCOMPILER_MAX_NODES",
             )
         self.containers[call_id] = Container(
@@ -394,9 +496,29 @@ class Expander:
             format_path(path),
         )
         stage_scope = Scope(call_id, scope.keras_prefix, (*scope.containers, call_id), scope.env)
+        outer = self.multiplier
+        self.multiplier = outer * count
+        try:
+            return self._expand_stage(node, path, template, scope, stage_scope, refs, local, count)
+        finally:
+            self.multiplier = outer
+
+    def _expand_stage(
+        self,
+        node: BlockCall,
+        path: PathKey,
+        template: BlockTemplate,
+        scope: Scope,
+        stage_scope: Scope,
+        refs: list[str],
+        local: str,
+        count: int,
+    ) -> str | None:
         current = list(refs)
         out: str | None = None
+        children: dict[str, int] = {}
         for i in range(count):
+            self._count_unit(path)
             env = {**scope.env, "i": i, "n": count}
             args = self._args(node, path, template, env)
             try:
@@ -404,8 +526,23 @@ class Expander:
             except ExprError as exc:
                 self.error((*path, "child_name"), str(exc))
                 return None
+            problem = child_name_problem(child)
+            if problem is not None:
+                self.error(
+                    (*path, "child_name"),
+                    f"child name {short_repr(child)} of block {i} is not a valid name: {problem}",
+                )
+                return None
+            first = children.setdefault(child, i)
+            if first != i:
+                self.error(
+                    (*path, "child_name"),
+                    f"blocks {first} and {i} of this stage are both named {child!r}: "
+                    "child names must differ (use i, e.g. 'layer{i}')",
+                )
+                return None
             names = self._render_names(node, path, env)
-            child_id = f"{call_id}.{child}"
+            child_id = f"{stage_scope.prefix}.{child}"
             keras = scope.keras_name(names.get("keras", f"{local}_{child}"))
             if args is None:
                 return None
@@ -423,6 +560,7 @@ class Expander:
         args = {}
         ok = True
         misspelt: set[str] = set()
+        self._spend(path, len(node.args))
         for key, value in node.args.items():
             if key not in template.params:
                 hint = suggest(key, template.params)
@@ -469,6 +607,7 @@ class Expander:
         first_shape = self.shapes[refs[0]]
         if first_shape is None:
             return None
+        self._spend(path, len(template.params) + len(template.let))
         env: dict[str, Any] = dict(self.globals)
         for key, default in template.params.items():  # expressions over the model's names
             if default is not None and key not in args:

@@ -4,6 +4,11 @@ Expressions are parsed with :mod:`ast` and evaluated by walking a whitelist of n
 arithmetic, comparisons, boolean logic, conditional expressions, list literals and indexing,
 and calls to a few pure functions. There is no attribute access and Python's ``eval`` is
 never used. The same parsed form is translated back to Python for generated code.
+
+Specs are untrusted, so every evaluation is bounded: expressions by length and syntax-tree
+depth, values by list size (counted at every level), list nesting, string length and integer
+size; ``round``/``int``/``sum`` by their arguments; lists and strings cannot be repeated,
+joined or formatted, so no expression builds a value much bigger than its own text.
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from functools import lru_cache
 from typing import Any
 
 MAX_EXPR_CHARS = 500
+MAX_EXPR_DEPTH = 64  # nesting of an expression's syntax tree (``- - - 1``, ``f(g(1))``)
 MAX_INT = 2**62
+MAX_ELEMENTS = 10_000  # list elements of one value, counted at every level of nesting
+MAX_NESTING = 32  # levels of list nesting in one value
+MAX_STRING = 1_000  # characters of one string value
+MAX_NDIGITS = 32  # |ndigits| of round(x, ndigits)
+MAX_SUGGEST = 300  # candidates compared when suggesting a name
 
 
 class ExprError(ValueError):
@@ -44,14 +55,60 @@ _CMPOPS: dict[type, Callable[[Any, Any], bool]] = {
     ast.In: lambda a, b: a in b,
     ast.NotIn: lambda a, b: a not in b,
 }
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for one-line messages about big values."""
+    if isinstance(value, list) and len(value) > limit:
+        value = value[:limit]  # no need to render all of a long list
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _int(value: Any, *rest: Any) -> int:
+    if rest:
+        raise ExprError("int() takes one argument")
+    if isinstance(value, str) and len(value) > 40:
+        raise ExprError("int() of a string longer than 40 characters")
+    return int(value)
+
+
+def _round(value: Any, *ndigits: Any) -> Any:
+    if len(ndigits) > 1:
+        raise ExprError("round() takes one or two arguments")
+    if not ndigits:
+        return round(value)
+    digits = ndigits[0]
+    if isinstance(digits, bool) or not isinstance(digits, int):
+        raise ExprError(f"round(): ndigits must be an integer, got {short_repr(digits)}")
+    if abs(digits) > MAX_NDIGITS:
+        raise ExprError(
+            f"round(): ndigits must be between {-MAX_NDIGITS} and {MAX_NDIGITS}, got {digits}"
+        )
+    return round(value, digits)
+
+
+def _sum(values: Any, *rest: Any) -> Any:
+    if rest:
+        raise ExprError("sum() takes one argument, a list of numbers")
+    if not isinstance(values, list):
+        raise ExprError(f"sum() takes a list of numbers, got {short_repr(values)}")
+    total: Any = 0
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ExprError(f"sum() takes a list of numbers, got an element {short_repr(value)}")
+        total = _check_number(total + value)
+    return total
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min,
     "max": max,
     "abs": abs,
-    "int": int,
-    "round": round,
+    "int": _int,
+    "round": _round,
     "len": len,
-    "sum": sum,
+    "sum": _sum,
 }
 
 
@@ -60,6 +117,66 @@ def _check_number(value: Any) -> Any:
         raise ExprError("integer result too large")
     if isinstance(value, float) and not math.isfinite(value):
         raise ExprError("result is not a finite number")
+    return value
+
+
+# Sizes of lists already measured, by id (the list itself is kept so the id stays its own).
+_MEASURED: dict[int, tuple[list[Any], int, int]] = {}
+_MEASURED_MAX = 4_096
+_CACHE_FROM = 64  # smaller lists are cheaper to walk again than to remember
+
+
+def _check_scalar(value: Any) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        _check_number(value)
+    elif isinstance(value, str):
+        if len(value) > MAX_STRING:
+            raise ExprError(f"string longer than {MAX_STRING:,} characters")
+    else:
+        kind = "a mapping" if isinstance(value, dict) else type(value).__name__
+        raise ExprError(f"a value must be a number, true/false, a string or a list, got {kind}")
+
+
+def _measure(value: list[Any], level: int) -> tuple[int, int]:
+    """(elements at every level, nesting depth) of a list; raises ExprError over the caps."""
+    hit = _MEASURED.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1], hit[2]
+    if level >= MAX_NESTING:
+        raise ExprError(f"lists nested deeper than {MAX_NESTING} levels")
+    count, depth = len(value), 0
+    if count > MAX_ELEMENTS:
+        raise ExprError(f"a list value may hold at most {MAX_ELEMENTS:,} elements")
+    for item in value:
+        if isinstance(item, list):
+            inner, inner_depth = _measure(item, level + 1)
+            count += inner
+            depth = max(depth, inner_depth)
+            if count > MAX_ELEMENTS:
+                raise ExprError(
+                    f"a list value may hold at most {MAX_ELEMENTS:,} elements "
+                    "(counting those of nested lists)"
+                )
+        else:
+            _check_scalar(item)
+    depth += 1
+    if count >= _CACHE_FROM:
+        if len(_MEASURED) >= _MEASURED_MAX:
+            _MEASURED.clear()
+        _MEASURED[id(value)] = (value, count, depth)
+    return count, depth
+
+
+def check_value(value: Any) -> Any:
+    """Return ``value`` if it is within the caps on values: finite numbers, integers up to
+    2**62, strings up to MAX_STRING characters, lists up to MAX_ELEMENTS elements (at every
+    level) and MAX_NESTING levels deep; raise ExprError otherwise."""
+    if isinstance(value, list):
+        _measure(value, 0)
+    else:
+        _check_scalar(value)
     return value
 
 
@@ -74,13 +191,15 @@ class Expr:
     def evaluate(self, env: Mapping[str, Any]) -> Any:
         """Evaluate against ``env`` (name → value); raises ExprError with a readable reason."""
         try:
-            return _eval(self.tree.body, env)
+            return check_value(_eval(self.tree.body, env))
         except ExprError:
             raise
         except ZeroDivisionError:
             raise ExprError("division by zero") from None
-        except (TypeError, ValueError, IndexError, OverflowError, RecursionError) as exc:
-            raise ExprError(str(exc) or type(exc).__name__) from None
+        except RecursionError:
+            raise ExprError("expression or value nested too deeply") from None
+        except (TypeError, ValueError, IndexError, OverflowError) as exc:
+            raise ExprError(_first_line(str(exc)) or type(exc).__name__) from None
 
     def to_python(self, rename: Callable[[str], str] = lambda name: name) -> str:
         """Python source for this expression, with every name passed through ``rename``."""
@@ -100,10 +219,23 @@ class _Renamer(ast.NodeTransformer):
         return ast.copy_location(ast.Name(id=self.rename(node.id), ctx=node.ctx), node)
 
 
-def _validate(node: ast.AST, names: set[str]) -> None:
+def _first_line(message: str) -> str:
+    line = message.splitlines()[0] if message else ""
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _validate(node: ast.AST, names: set[str], depth: int = 0) -> None:
+    if depth > MAX_EXPR_DEPTH:
+        raise ExprError(f"expression nested deeper than {MAX_EXPR_DEPTH} levels")
+    depth += 1
     if isinstance(node, ast.Constant):
         if not isinstance(node.value, int | float | str | bool) and node.value is not None:
-            raise ExprError(f"constant {node.value!r} is not allowed")
+            raise ExprError(f"constant {short_repr(node.value)} is not allowed")
+        value = node.value
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ExprError(f"number {short_repr(value)} is too large (at most 2**62)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ExprError(f"number {short_repr(node.value)} is not finite")
     elif isinstance(node, ast.Name):
         if node.id.startswith("__"):
             raise ExprError(f"name {node.id!r} is not allowed")
@@ -112,32 +244,32 @@ def _validate(node: ast.AST, names: set[str]) -> None:
     elif isinstance(node, ast.BinOp):
         if type(node.op) not in _BINOPS:
             raise ExprError(f"operator {type(node.op).__name__} is not allowed")
-        _validate(node.left, names)
-        _validate(node.right, names)
+        _validate(node.left, names, depth)
+        _validate(node.right, names, depth)
     elif isinstance(node, ast.UnaryOp):
         if not isinstance(node.op, ast.USub | ast.UAdd | ast.Not):
             raise ExprError(f"operator {type(node.op).__name__} is not allowed")
-        _validate(node.operand, names)
+        _validate(node.operand, names, depth)
     elif isinstance(node, ast.BoolOp):
         for value in node.values:
-            _validate(value, names)
+            _validate(value, names, depth)
     elif isinstance(node, ast.Compare):
         if any(type(op) not in _CMPOPS for op in node.ops):
             raise ExprError("comparison operator is not allowed")
-        _validate(node.left, names)
+        _validate(node.left, names, depth)
         for comparator in node.comparators:
-            _validate(comparator, names)
+            _validate(comparator, names, depth)
     elif isinstance(node, ast.IfExp):
         for part in (node.test, node.body, node.orelse):
-            _validate(part, names)
+            _validate(part, names, depth)
     elif isinstance(node, ast.List | ast.Tuple):
         for element in node.elts:
-            _validate(element, names)
+            _validate(element, names, depth)
     elif isinstance(node, ast.Subscript):
         if isinstance(node.slice, ast.Slice):
             raise ExprError("slices are not allowed")
-        _validate(node.value, names)
-        _validate(node.slice, names)
+        _validate(node.value, names, depth)
+        _validate(node.slice, names, depth)
     elif isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
             allowed = ", ".join(sorted(FUNCTIONS))
@@ -145,7 +277,7 @@ def _validate(node: ast.AST, names: set[str]) -> None:
         if node.keywords:
             raise ExprError("keyword arguments are not allowed in calls")
         for arg in node.args:
-            _validate(arg, names)
+            _validate(arg, names, depth)
     else:
         raise ExprError(f"{type(node).__name__} is not allowed in an expression")
 
@@ -183,15 +315,20 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
         return env[node.id]
     if isinstance(node, ast.BinOp):
         left, right = _eval(node.left, env), _eval(node.right, env)
+        if isinstance(left, list | str) or isinstance(right, list | str):
+            if isinstance(node.op, ast.Mult):
+                raise ExprError("repeating lists or strings with * is not allowed")
+            if isinstance(node.op, ast.Add):
+                raise ExprError("joining lists or strings with + is not allowed")
+            raise ExprError("arithmetic on lists or strings is not allowed")
         if isinstance(node.op, ast.Pow) and (
             not isinstance(right, int | float) or abs(right) > 64 or abs(left) > 2**16
         ):
             raise ExprError("power too large")
-        if isinstance(node.op, ast.Mult) and (
-            isinstance(left, list | str) or isinstance(right, list | str)
-        ):
-            raise ExprError("repeating lists or strings with * is not allowed")
-        return _check_number(_BINOPS[type(node.op)](left, right))
+        result = _BINOPS[type(node.op)](left, right)
+        if isinstance(result, complex):
+            raise ExprError("result is not a real number")
+        return _check_number(result)
     if isinstance(node, ast.UnaryOp):
         value = _eval(node.operand, env)
         if isinstance(node.op, ast.Not):
@@ -222,10 +359,10 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.IfExp):
         return _eval(node.body if _eval(node.test, env) else node.orelse, env)
     if isinstance(node, ast.List | ast.Tuple):
-        return [_eval(element, env) for element in node.elts]
+        return check_value([_eval(element, env) for element in node.elts])
     if isinstance(node, ast.Subscript):
         container, index = _eval(node.value, env), _eval(node.slice, env)
-        if not isinstance(container, list) or not isinstance(index, int):
+        if not isinstance(container, list) or not isinstance(index, int) or isinstance(index, bool):
             raise ExprError("only lists can be indexed, with an integer")
         if not -len(container) <= index < len(container):
             raise ExprError(f"index {index} out of range for a list of {len(container)}")
@@ -237,19 +374,39 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
 
 
 def suggest(name: str, candidates: Any) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string.
+
+    Only candidates of about the same length are compared, at most MAX_SUGGEST of them, so a
+    spec with very many names cannot make each error slow."""
     import difflib
 
-    matches = difflib.get_close_matches(name, [str(c) for c in candidates], n=1, cutoff=0.6)
+    near: list[str] = []
+    for candidate in candidates:
+        text = str(candidate)
+        if 5 * min(len(text), len(name)) >= 1.5 * (len(text) + len(name)):  # ratio can be >= 0.6
+            near.append(text)
+            if len(near) >= MAX_SUGGEST:
+                break
+    matches = difflib.get_close_matches(name, near, n=1, cutoff=0.6)
     return f" (did you mean {matches[0]!r}?)" if matches else ""
 
 
 def evaluate(value: Any, env: Mapping[str, Any]) -> Any:
-    """Evaluate a spec value: strings are expressions, lists element-wise, the rest literal."""
+    """Evaluate a spec value: strings are expressions, lists element-wise, the rest literal.
+
+    The result is held to the caps of :func:`check_value`; raises ExprError."""
+    return check_value(_evaluate(value, env, 0))
+
+
+def _evaluate(value: Any, env: Mapping[str, Any], level: int) -> Any:
     if isinstance(value, str):
         return parse_expr(value).evaluate(env)
     if isinstance(value, list):
-        return [evaluate(v, env) for v in value]
+        if level >= MAX_NESTING:
+            raise ExprError(f"lists nested deeper than {MAX_NESTING} levels")
+        if len(value) > MAX_ELEMENTS:
+            raise ExprError(f"a list value may hold at most {MAX_ELEMENTS:,} elements")
+        return [_evaluate(v, env, level + 1) for v in value]
     return value
 
 
@@ -257,8 +414,16 @@ _TEMPLATE_PART = re.compile(r"\{([^{}]*)\}")
 
 
 def render_template(template: str, env: Mapping[str, Any]) -> str:
-    """Fill a name template such as ``denselayer{i + 1}``: each ``{...}`` is an expression."""
-    return _TEMPLATE_PART.sub(lambda m: str(parse_expr(m.group(1)).evaluate(env)), template)
+    """Fill a name template such as ``denselayer{i + 1}``: each ``{...}`` is an expression
+    whose value is a number, true/false or a string (a list is an error)."""
+
+    def fill(match: re.Match[str]) -> str:
+        value = parse_expr(match.group(1)).evaluate(env)
+        if isinstance(value, list):
+            raise ExprError(f"{{{match.group(1)}}} is a list, not part of a name")
+        return str(value)
+
+    return _TEMPLATE_PART.sub(fill, template)
 
 
 def template_parts(template: str) -> list[str | Expr]:
@@ -277,8 +442,12 @@ def template_parts(template: str) -> list[str | Expr]:
 
 def expression_names(value: Any) -> set[str]:
     """Names read by a spec value (string expressions, lists of them, name templates)."""
-    if isinstance(value, str):
-        return set(parse_expr(value).names)
-    if isinstance(value, list):
-        return set().union(*(expression_names(v) for v in value)) if value else set()
-    return set()
+    names: set[str] = set()
+    pending = [value]
+    while pending:  # no recursion: nested lists cannot exhaust the stack
+        item = pending.pop()
+        if isinstance(item, str):
+            names.update(parse_expr(item).names)
+        elif isinstance(item, list):
+            pending.extend(item)
+    return names

@@ -233,4 +233,10 @@ def infer_node(
         check_merge(op, names, shapes)
     elif op not in MULTI_INPUT and len(shapes) != 1:
         raise InferError(f"{op} takes one input, got {len(shapes)}", "inputs")
-    return SHAPE_RULES[op](attrs, shapes)
+    result = SHAPE_RULES[op](attrs, shapes)
+    if not result.shape or any(d < 1 for d in result.shape):
+        raise InferError(
+            f"{op} output {fmt(result.shape) or 'shape'} is empty: every channel and "
+            "spatial size must be at least 1"
+        )
+    return result

@@ -15,6 +15,9 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     Tag,
 )
@@ -37,9 +40,10 @@ Ident = Annotated[
 NameTemplate = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9_{}()+\-*/% ]+$", max_length=128)
 ]
-IntExpr = Annotated[int | str, Field(union_mode="left_to_right")]
-BoolExpr = Annotated[bool | str, Field(union_mode="left_to_right")]
-FloatExpr = Annotated[float | int | str, Field(union_mode="left_to_right")]
+# Literals are strict: ``true`` is not the integer 1, ``1`` is not true, ``3.0`` is not 3.
+IntExpr = Annotated[StrictInt | str, Field(union_mode="left_to_right")]
+BoolExpr = Annotated[StrictBool | str, Field(union_mode="left_to_right")]
+FloatExpr = Annotated[StrictFloat | str, Field(union_mode="left_to_right")]  # 1 is 1.0
 Pair = IntExpr | list[IntExpr]
 Padding = IntExpr | list[IntExpr]
 InitName = Literal[
@@ -244,11 +248,19 @@ class BlockCall(NodeBase):
     child_name: NameTemplate = Field("{i}", description="name of the i-th block of a stage")
 
 
+def _not_empty(body: list[Any]) -> list[Any]:
+    if not body:
+        raise ValueError("a group needs at least one node")
+    return body
+
+
 class Group(NodeBase):
     """A named sequential container (torch ``nn.Sequential``); children are named 0, 1, ..."""
 
     group: Ident
-    body: list[Node]
+    body: Annotated[
+        list[Node], AfterValidator(_not_empty), Field(json_schema_extra={"minItems": 1})
+    ]
 
 
 def _node_tag(value: Any) -> str | None:

@@ -252,7 +252,6 @@ def test_names_the_generated_code_cannot_carry_are_refused_at_their_line(
     matching = [d for d in info.value.diagnostics if message in str(d)]
     assert matching, str(info.value)
     assert matching[0].location.line == line, str(info.value)
-    assert "rename it" in str(info.value) or "cannot" in str(info.value)
 
 
 def test_group_children_are_checked_against_sequential(write_spec: Callable[..., Path]) -> None:
