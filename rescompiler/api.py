@@ -16,7 +16,7 @@ from .ir import Graph
 from .library import close_names, find_spec, present
 from .loader import LoadedDocument
 from .names import check_names
-from .resolve import load_merged, resolve_env, validate
+from .resolve import load_merged, resolve_env, validate_partially
 from .schema import SpecModel
 
 
@@ -50,8 +50,10 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
     if not present(path):
         raise SpecError.single(Location(str(path)), "", missing_spec_message(str(path)))
     doc = load_merged(path, str(path))
-    model = validate(doc)
+    model, opaque, invalid = validate_partially(doc)  # goes on past invalid nodes
     sink = DiagnosticSink()
+    for diagnostic in invalid:
+        sink.error(diagnostic.location, diagnostic.path, diagnostic.message)
     overrides = dict(overrides or {})
     check_names(model, doc.locate, sink)
     check_identifiers(model, doc.locate, sink)
@@ -59,7 +61,7 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
     if input_shape is None:
         sink.raise_if_errors()
     assert input_shape is not None
-    expander = Expander(model, env, doc.locate, sink)
+    expander = Expander(model, env, doc.locate, sink, opaque)
     graph = expander.run(input_shape)
     if graph is not None:
         check_graph_names(graph, sink)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,8 +85,10 @@ class Expander:
         env: Mapping[str, Any],
         locate: Callable[[PathKey], Location],
         sink: DiagnosticSink,
+        opaque: Collection[PathKey] = (),
     ) -> None:
         self.spec = spec
+        self.opaque = frozenset(opaque)  # nodes that failed validation (placeholders)
         self.globals = dict(env)
         self.locate = locate
         self.sink = sink
@@ -273,8 +275,8 @@ class Expander:
             self.error((*path, "name"), f"name {local!r} is used twice in this body")
         scope.used_names.add(local)
         inputs = self._inputs(node, path, scope, previous)
-        if inputs is None or any(i is None for i in inputs):
-            scope.locals[local] = None
+        if path in self.opaque or inputs is None or any(i is None for i in inputs):
+            scope.locals[local] = None  # unknown: later nodes that read it are not checked
             return None
         enabled = self._when(node, path, scope)
         if not enabled:

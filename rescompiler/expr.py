@@ -17,6 +17,7 @@ import ast
 import math
 import operator
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -203,7 +204,9 @@ class Expr:
 
     def to_python(self, rename: Callable[[str], str] = lambda name: name) -> str:
         """Python source for this expression, with every name passed through ``rename``."""
-        tree = _Renamer(rename).visit(ast.parse(self.source, mode="eval"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = _Renamer(rename).visit(ast.parse(self.source, mode="eval"))
         return ast.unparse(tree)
 
 
@@ -288,7 +291,9 @@ def parse_expr(source: str) -> Expr:
     if len(source) > MAX_EXPR_CHARS:
         raise ExprError(f"expression longer than {MAX_EXPR_CHARS} characters")
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        with warnings.catch_warnings():  # "invalid decimal literal" and the like: not ours
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExprError(f"invalid expression {source!r}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError):

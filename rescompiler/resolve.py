@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -212,13 +214,100 @@ def validation_diagnostics(exc: ValidationError, doc: LoadedDocument) -> list[Di
 
 def validate(doc: LoadedDocument) -> SpecModel:
     """Validate merged data with pydantic; raise SpecError listing every problem."""
+    return validate_partially(doc)[0]
+
+
+def validate_partially(
+    doc: LoadedDocument,
+) -> tuple[SpecModel, set[PathKey], list[Diagnostic]]:
+    """Validate merged data; where it fails, go on with a repaired copy so that later passes
+    still find the spec's other mistakes (every mistake at once, of every kind).
+
+    Returns the model, the spec paths of nodes replaced by placeholders (whose outputs later
+    passes must treat as unknown) and the validation errors. Raises SpecError when nothing
+    can be checked further (e.g. a required top-level key is wrong)."""
     try:
-        return SpecModel.model_validate(doc.data)
+        return SpecModel.model_validate(doc.data), set(), []
     except ValidationError as exc:
-        diagnostics = validation_diagnostics(exc, doc)
-        raise SpecError(
-            sorted(diagnostics, key=lambda d: (d.location.line, d.location.column))
-        ) from None
+        diagnostics = sorted(
+            validation_diagnostics(exc, doc), key=lambda d: (d.location.line, d.location.column)
+        )
+        paths = [_data_path(err["loc"], doc.data)[0] for err in exc.errors(include_url=False)]
+    repaired = repair_for_checking(doc.data, paths)
+    if repaired is not None:
+        data, opaque = repaired
+        try:
+            return SpecModel.model_validate(data), opaque, diagnostics
+        except ValidationError:
+            pass
+    raise SpecError(diagnostics)
+
+
+REQUIRED_TOP = {"version", "name", "input_shape", "body"}
+IDENT_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _node_prefix(path: PathKey) -> PathKey | None:
+    """The innermost body node that ``path`` lies in (``body[3]``, ``...body[1].body[0]``)."""
+    for end in range(len(path), 1, -1):
+        if isinstance(path[end - 1], int) and path[end - 2] == "body":
+            return path[:end]
+    return None
+
+
+def _placeholder(node: Any) -> dict[str, Any]:
+    """An identity node keeping what of ``node``'s name and inputs is valid."""
+    out: dict[str, Any] = {"op": "identity"}
+    if not isinstance(node, dict):
+        return out
+    ident = IDENT_PATTERN
+    name = node.get("name")
+    if isinstance(name, str) and ident.match(name):
+        out["name"] = name
+    inputs = node.get("inputs")
+    single = isinstance(inputs, str) and ident.match(inputs)
+    several = isinstance(inputs, list) and all(
+        isinstance(i, str) and ident.match(i) for i in inputs
+    )
+    if single or (several and inputs):
+        out["inputs"] = inputs
+    return out
+
+
+def repair_for_checking(data: Any, paths: list[PathKey]) -> tuple[Any, set[PathKey]] | None:
+    """A copy of ``data`` where each invalid node is an identity placeholder and each invalid
+    optional key is dropped, with the placeholders' paths; None when that is not possible."""
+    data = copy.deepcopy(data)
+    opaque: set[PathKey] = set()
+    for path in sorted(set(paths), key=len, reverse=True):
+        node_path = _node_prefix(path)
+        if node_path is not None:
+            if any(node_path[: len(o)] == o for o in opaque):
+                continue  # inside a node already replaced
+            parent = _walk(data, node_path[:-1])
+            if not isinstance(parent, list) or not 0 <= int(node_path[-1]) < len(parent):
+                return None
+            parent[int(node_path[-1])] = _placeholder(parent[int(node_path[-1])])
+            opaque = {o for o in opaque if o[: len(node_path)] != node_path} | {node_path}
+            continue
+        if not path or (len(path) == 1 and path[0] in REQUIRED_TOP):
+            return None
+        if path[0] == "blocks" and (len(path) <= 2 or path[2] == "body"):
+            return None
+        parent = _walk(data, path[:-1])
+        if not isinstance(parent, dict) or path[-1] not in parent:
+            return None
+        del parent[path[-1]]
+    return data, opaque
+
+
+def _walk(data: Any, path: PathKey) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
 
 
 def _kind(value: Any) -> str:

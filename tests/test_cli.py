@@ -44,7 +44,8 @@ def test_invalid_spec_exits_1_with_positions_and_no_traceback(
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith(f"{path}:5:")
     assert "body[0].strid: unknown key 'strid'" in lines[0]
-    assert len(lines) == 1  # validation errors stop before expansion
+    assert len(lines) == 2  # validation errors do not stop the later checks
+    assert lines[1].startswith(f"{path}:6:") and "unknown node 'nope'" in lines[1]
 
 
 def test_compile_failure_writes_nothing(tmp_path: Path, write_spec: Callable[..., Path]) -> None:

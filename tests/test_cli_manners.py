@@ -116,3 +116,46 @@ def test_yaml_syntax_errors_say_what_to_look_at(
     err = capsys.readouterr().err
     assert err.startswith(f"{path}{where} invalid YAML: ") and hint in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+MISTAKES_OF_EVERY_KIND = """\
+version: 1
+name: multi
+input_shape: [3, 16, 16]
+blocks:
+  basic:
+    params: {planes: null}
+    body:
+      - {op: conv, name: conv1, out: planes, kernel: 3, padding: 1}
+      - {op: reluu, name: act}
+      - {op: conv, name: conv2, out: planes, kernel: 3, padding: 1, inputs: act}
+      - {op: add, inputs: [conv2, input]}
+body:
+  - {op: conv, name: stem, out: 8, kernel: 3, padding: 1}
+  - {block: basic, name: b1, args: {planes: 8}}
+  - {op: relu, inputs: stemm, inplace: true}
+  - {op: conv, name: c2, out: 16, kernel: 1, inputs: stem}
+  - {op: add, inputs: [c2, stem]}
+"""
+
+
+def test_every_kind_of_mistake_is_reported_in_one_run(write_spec: Callable[..., Path]) -> None:
+    """An invalid node (unknown op, unknown key) does not hide a bad reference or a shape
+    mismatch elsewhere; what reads the invalid node is not checked (its shape is unknown)."""
+    path = write_spec(MISTAKES_OF_EVERY_KIND)
+    with pytest.raises(rescompiler.SpecError) as info:
+        rescompiler.load_spec(path)
+    found = [(d.location.line, d.message) for d in info.value.diagnostics]
+    assert found == [
+        (9, "unknown op 'reluu' (did you mean 'relu'?)"),
+        (15, "unknown node 'stemm' (did you mean 'stem'?)"),
+        (15, "unknown key 'inplace'"),
+        (17, "add inputs differ in shape: c2 is 16×16×16, stem is 8×16×16 (in add)"),
+    ], found
+
+
+def test_a_broken_required_key_stops_after_validation(write_spec: Callable[..., Path]) -> None:
+    path = write_spec(MISTAKES_OF_EVERY_KIND.replace("name: multi", "name: 1multi"))
+    with pytest.raises(rescompiler.SpecError) as info:
+        rescompiler.load_spec(path)
+    assert [d.location.line for d in info.value.diagnostics] == [2, 9, 15]
