@@ -40,6 +40,19 @@ INITIALISERS = {
 }
 
 
+def init_later(module: nn.Module, **initialisers: str) -> None:
+    """Note ``INITIALISERS`` names for ``module``'s tensors; ``initialise`` applies them."""
+    module.__dict__["pending_init"] = initialisers
+
+
+def initialise(model: nn.Module) -> None:
+    """Apply the noted initialisers once every layer exists, in ``model.modules()`` order, as
+    torchvision re-initialises its models: one seed gives the reference's weights."""
+    for module in model.modules():
+        for tensor, name in module.__dict__.pop("pending_init", {}).items():
+            INITIALISERS[name](getattr(module, tensor))
+
+
 class Subsample(nn.Module):
     """Keep every ``stride``-th pixel: ``x[:, :, ::sh, ::sw]``."""
 
@@ -70,11 +83,11 @@ class BasicBlock(nn.Module):
         self.conv1 = nn.Conv2d(
             in_channels, planes, kernel_size=3, stride=stride, padding=1, bias=False
         )
-        INITIALISERS["kaiming_normal_fan_in"](self.conv1.weight)
+        init_later(self.conv1, weight="kaiming_normal_fan_in")
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1, bias=False)
-        INITIALISERS["kaiming_normal_fan_in"](self.conv2.weight)
+        init_later(self.conv2, weight="kaiming_normal_fan_in")
         self.bn2 = nn.BatchNorm2d(planes)
         if stride != 1 or in_channels != planes:
             self.shortcut = nn.Sequential(
@@ -109,7 +122,7 @@ class CifarResnet110(nn.Module):
         in_channels = input_shape[0]
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
-        INITIALISERS["kaiming_normal_fan_in"](self.conv1.weight)
+        init_later(self.conv1, weight="kaiming_normal_fan_in")
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = nn.Sequential()
@@ -133,7 +146,8 @@ class CifarResnet110(nn.Module):
         self.global_avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.linear = nn.Linear(layer3_channels, num_classes)
-        INITIALISERS["kaiming_normal_fan_in"](self.linear.weight)
+        init_later(self.linear, weight="kaiming_normal_fan_in")
+        initialise(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

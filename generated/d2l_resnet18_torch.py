@@ -40,6 +40,19 @@ INITIALISERS = {
 }
 
 
+def init_later(module: nn.Module, **initialisers: str) -> None:
+    """Note ``INITIALISERS`` names for ``module``'s tensors; ``initialise`` applies them."""
+    module.__dict__["pending_init"] = initialisers
+
+
+def initialise(model: nn.Module) -> None:
+    """Apply the noted initialisers once every layer exists, in ``model.modules()`` order, as
+    torchvision re-initialises its models: one seed gives the reference's weights."""
+    for module in model.modules():
+        for tensor, name in module.__dict__.pop("pending_init", {}).items():
+            INITIALISERS[name](getattr(module, tensor))
+
+
 class Residual(nn.Module):
     """conv3x3-BN-ReLU, conv3x3-BN, plus the input (through a strided 1x1 conv), ReLU."""
 
@@ -48,15 +61,15 @@ class Residual(nn.Module):
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, num_channels, kernel_size=3, stride=strides, padding=1)
-        INITIALISERS["glorot_uniform"](self.conv1.weight)
+        init_later(self.conv1, weight="glorot_uniform")
         self.bn1 = nn.BatchNorm2d(num_channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
-        INITIALISERS["glorot_uniform"](self.conv2.weight)
+        init_later(self.conv2, weight="glorot_uniform")
         self.bn2 = nn.BatchNorm2d(num_channels)
         if use_1x1conv:
             self.conv3 = nn.Conv2d(in_channels, num_channels, kernel_size=1, stride=strides)
-            INITIALISERS["glorot_uniform"](self.conv3.weight)
+            init_later(self.conv3, weight="glorot_uniform")
         else:
             self.conv3 = None
         self.relu_1 = nn.ReLU(inplace=True)
@@ -96,7 +109,7 @@ class D2lResnet18(nn.Module):
                 nn.MaxPool2d(3, stride=2, padding=1),
             ),
         )
-        INITIALISERS["glorot_uniform"](self.net.b1[0].weight)
+        init_later(self.net.b1[0], weight="glorot_uniform")
         self.net.add_module("b2", nn.Sequential())
         b2_channels = 64
         for i in range(arch[0][0]):
@@ -135,7 +148,8 @@ class D2lResnet18(nn.Module):
                 nn.Linear(b5_channels, num_classes),
             ),
         )
-        INITIALISERS["glorot_uniform"](self.net.last[2].weight)
+        init_later(self.net.last[2], weight="glorot_uniform")
+        initialise(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.net(x)

@@ -41,6 +41,19 @@ INITIALISERS = {
 }
 
 
+def init_later(module: nn.Module, **initialisers: str) -> None:
+    """Note ``INITIALISERS`` names for ``module``'s tensors; ``initialise`` applies them."""
+    module.__dict__["pending_init"] = initialisers
+
+
+def initialise(model: nn.Module) -> None:
+    """Apply the noted initialisers once every layer exists, in ``model.modules()`` order, as
+    torchvision re-initialises its models: one seed gives the reference's weights."""
+    for module in model.modules():
+        for tensor, name in module.__dict__.pop("pending_init", {}).items():
+            INITIALISERS[name](getattr(module, tensor))
+
+
 class DenseLayer(nn.Module):
     """BN-ReLU-1x1 bottleneck, BN-ReLU-3x3 to growth_rate channels, appended to the input."""
 
@@ -51,13 +64,13 @@ class DenseLayer(nn.Module):
         self.norm1 = nn.BatchNorm2d(in_channels)
         self.relu1 = nn.ReLU(inplace=True)
         self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, kernel_size=1, bias=False)
-        INITIALISERS["kaiming_normal_fan_in"](self.conv1.weight)
+        init_later(self.conv1, weight="kaiming_normal_fan_in")
         self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
         self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(
             bn_size * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False
         )
-        INITIALISERS["kaiming_normal_fan_in"](self.conv2.weight)
+        init_later(self.conv2, weight="kaiming_normal_fan_in")
         if drop_rate > 0:
             self.dropout = nn.Dropout(drop_rate)
         else:
@@ -85,7 +98,7 @@ class Transition(nn.Module):
         self.norm = nn.BatchNorm2d(in_channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(in_channels, in_channels // 2, kernel_size=1, bias=False)
-        INITIALISERS["kaiming_normal_fan_in"](self.conv.weight)
+        init_later(self.conv, weight="kaiming_normal_fan_in")
         self.pool = nn.AvgPool2d(2, stride=2)
         self.out_channels = in_channels // 2
 
@@ -119,7 +132,7 @@ class Densenet161(nn.Module):
                 in_channels, num_init_features, kernel_size=7, stride=2, padding=3, bias=False
             ),
         )
-        INITIALISERS["kaiming_normal_fan_in"](self.features.conv0.weight)
+        init_later(self.features.conv0, weight="kaiming_normal_fan_in")
         self.features.add_module("norm0", nn.BatchNorm2d(num_init_features))
         self.features.add_module("relu0", nn.ReLU(inplace=True))
         self.features.add_module("pool0", nn.MaxPool2d(3, stride=2, padding=1))
@@ -163,7 +176,8 @@ class Densenet161(nn.Module):
         self.global_avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(denseblock4_channels, num_classes)
-        INITIALISERS["zeros"](self.classifier.bias)
+        init_later(self.classifier, bias="zeros")
+        initialise(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

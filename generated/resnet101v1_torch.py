@@ -40,6 +40,19 @@ INITIALISERS = {
 }
 
 
+def init_later(module: nn.Module, **initialisers: str) -> None:
+    """Note ``INITIALISERS`` names for ``module``'s tensors; ``initialise`` applies them."""
+    module.__dict__["pending_init"] = initialisers
+
+
+def initialise(model: nn.Module) -> None:
+    """Apply the noted initialisers once every layer exists, in ``model.modules()`` order, as
+    torchvision re-initialises its models: one seed gives the reference's weights."""
+    for module in model.modules():
+        for tensor, name in module.__dict__.pop("pending_init", {}).items():
+            INITIALISERS[name](getattr(module, tensor))
+
+
 class GlobalPool(nn.Module):
     """Global average or max pool, keeping the 1×1 spatial dims or not."""
 
@@ -68,23 +81,19 @@ class Bottleneck(nn.Module):
                 nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride),
                 nn.BatchNorm2d(out_channels, eps=1.001e-05, momentum=0.01),
             )
-            INITIALISERS["glorot_uniform"](self.shortcut[0].weight)
-            INITIALISERS["zeros"](self.shortcut[0].bias)
+            init_later(self.shortcut[0], weight="glorot_uniform", bias="zeros")
         else:
             self.shortcut = None
         self.conv1 = nn.Conv2d(in_channels, filters, kernel_size=1, stride=stride)
-        INITIALISERS["glorot_uniform"](self.conv1.weight)
-        INITIALISERS["zeros"](self.conv1.bias)
+        init_later(self.conv1, weight="glorot_uniform", bias="zeros")
         self.bn1 = nn.BatchNorm2d(filters, eps=1.001e-05, momentum=0.01)
         self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(filters, filters, kernel_size=3, padding="same")
-        INITIALISERS["glorot_uniform"](self.conv2.weight)
-        INITIALISERS["zeros"](self.conv2.bias)
+        init_later(self.conv2, weight="glorot_uniform", bias="zeros")
         self.bn2 = nn.BatchNorm2d(filters, eps=1.001e-05, momentum=0.01)
         self.relu2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(filters, out_channels, kernel_size=1)
-        INITIALISERS["glorot_uniform"](self.conv3.weight)
-        INITIALISERS["zeros"](self.conv3.bias)
+        init_later(self.conv3, weight="glorot_uniform", bias="zeros")
         self.bn3 = nn.BatchNorm2d(out_channels, eps=1.001e-05, momentum=0.01)
         self.relu3 = nn.ReLU(inplace=True)
         self.out_channels = out_channels
@@ -120,8 +129,7 @@ class Resnet101v1(nn.Module):
         in_channels = input_shape[0]
         self.conv1_pad = nn.ZeroPad2d((3, 3, 3, 3))
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2)
-        INITIALISERS["glorot_uniform"](self.conv1.weight)
-        INITIALISERS["zeros"](self.conv1.bias)
+        init_later(self.conv1, weight="glorot_uniform", bias="zeros")
         self.bn1 = nn.BatchNorm2d(64, eps=1.001e-05, momentum=0.01)
         self.relu1 = nn.ReLU(inplace=True)
         self.pool1_pad = nn.ZeroPad2d((1, 1, 1, 1))
@@ -158,12 +166,12 @@ class Resnet101v1(nn.Module):
             conv5_channels = block.out_channels
         self.avg_pool = GlobalPool("avg", keepdims=False)
         self.fc = nn.Linear(conv5_channels, num_classes)
-        INITIALISERS["glorot_uniform"](self.fc.weight)
-        INITIALISERS["zeros"](self.fc.bias)
+        init_later(self.fc, weight="glorot_uniform", bias="zeros")
         if softmax:
             self.softmax = nn.Softmax(dim=1)
         else:
             self.softmax = None
+        initialise(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1_pad(x)

@@ -38,6 +38,19 @@ INITIALISERS = {
 }
 
 
+def init_later(module: nn.Module, **initialisers: str) -> None:
+    """Note ``INITIALISERS`` names for ``module``'s tensors; ``initialise`` applies them."""
+    module.__dict__["pending_init"] = initialisers
+
+
+def initialise(model: nn.Module) -> None:
+    """Apply the noted initialisers once every layer exists, in ``model.modules()`` order, as
+    torchvision re-initialises its models: one seed gives the reference's weights."""
+    for module in model.modules():
+        for tensor, name in module.__dict__.pop("pending_init", {}).items():
+            INITIALISERS[name](getattr(module, tensor))
+
+
 class Basic(nn.Module):
     """two 3x3 convs (the first strided); projection shortcut when the shape changes."""
 
@@ -48,19 +61,19 @@ class Basic(nn.Module):
         self.conv1 = nn.Conv2d(
             in_channels, planes, kernel_size=3, stride=stride, padding=1, bias=False
         )
-        INITIALISERS["kaiming_normal_fan_out"](self.conv1.weight)
+        init_later(self.conv1, weight="kaiming_normal_fan_out")
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1, bias=False)
-        INITIALISERS["kaiming_normal_fan_out"](self.conv2.weight)
+        init_later(self.conv2, weight="kaiming_normal_fan_out")
         self.bn2 = nn.BatchNorm2d(planes)
-        INITIALISERS["zeros" if zero_init_residual else "ones"](self.bn2.weight)
+        init_later(self.bn2, weight="zeros" if zero_init_residual else "ones")
         if stride != 1 or in_channels != planes:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, planes, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes),
             )
-            INITIALISERS["kaiming_normal_fan_out"](self.downsample[0].weight)
+            init_later(self.downsample[0], weight="kaiming_normal_fan_out")
         else:
             self.downsample = None
         self.relu_1 = nn.ReLU(inplace=True)
@@ -92,7 +105,7 @@ class Resnet18(nn.Module):
         super().__init__()
         in_channels = input_shape[0]
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        INITIALISERS["kaiming_normal_fan_out"](self.conv1.weight)
+        init_later(self.conv1, weight="kaiming_normal_fan_out")
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -138,6 +151,7 @@ class Resnet18(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(layer4_channels, num_classes)
+        initialise(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

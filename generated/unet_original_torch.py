@@ -41,6 +41,19 @@ INITIALISERS = {
 }
 
 
+def init_later(module: nn.Module, **initialisers: str) -> None:
+    """Note ``INITIALISERS`` names for ``module``'s tensors; ``initialise`` applies them."""
+    module.__dict__["pending_init"] = initialisers
+
+
+def initialise(model: nn.Module) -> None:
+    """Apply the noted initialisers once every layer exists, in ``model.modules()`` order, as
+    torchvision re-initialises its models: one seed gives the reference's weights."""
+    for module in model.modules():
+        for tensor, name in module.__dict__.pop("pending_init", {}).items():
+            INITIALISERS[name](getattr(module, tensor))
+
+
 class CropTo(nn.Module):
     """Centre-crop ``x`` to the spatial size of ``ref``."""
 
@@ -61,8 +74,8 @@ class DoubleConv(nn.Module):
             nn.Conv2d(out, out, kernel_size=3),
             nn.ReLU(inplace=True),
         )
-        INITIALISERS["kaiming_normal_fan_in"](self.double_conv[0].weight)
-        INITIALISERS["kaiming_normal_fan_in"](self.double_conv[2].weight)
+        init_later(self.double_conv[0], weight="kaiming_normal_fan_in")
+        init_later(self.double_conv[2], weight="kaiming_normal_fan_in")
         self.out_channels = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +132,8 @@ class UnetOriginal(nn.Module):
         self.up3 = Up(self.up2.out_channels, self.down1.out_channels, out=128)
         self.up4 = Up(self.up3.out_channels, self.inc.out_channels, out=64)
         self.outc = nn.Conv2d(self.up4.out_channels, n_classes, kernel_size=1)
-        INITIALISERS["kaiming_normal_fan_in"](self.outc.weight)
+        init_later(self.outc, weight="kaiming_normal_fan_in")
+        initialise(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.inc(x)

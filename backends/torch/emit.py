@@ -296,7 +296,7 @@ class BodyEmitter:
         if op not in ("conv", "conv_transpose", "bn", "linear"):
             return []
         defaults = self.s.spec.model.defaults.get(op)
-        lines = []
+        chosen: list[str] = []
         for tensor in ("weight", "bias"):
             own = getattr(node.init, tensor, None) if node.init else None  # type: ignore[attr-defined]
             value = (
@@ -316,8 +316,11 @@ class BodyEmitter:
                 how = json.dumps(value)
             else:
                 how = py(value, lambda n: repr(n) if n in INIT_NAMES else n)
-            lines += layout(indent, "", Call(f"INITIALISERS[{how}]", (f"{ref}.{tensor}",)))
-        return lines
+            chosen.append(f"{tensor}={how}")
+        if not chosen:
+            return []
+        # applied by ``initialise`` once every layer exists, in modules() order (torchvision's)
+        return layout(indent, "", Call("init_later", (ref, *chosen)))
 
     # -- bodies ------------------------------------------------------------------------
     def emit(
@@ -841,7 +844,7 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
         defaults=[(json.dumps(k), literal(v)) for k, v in spec.params.items()],
         input_shape=literal(spec.graph.input_shape),
         needs_init=any(
-            "INITIALISERS[" in line for b in [*blocks, {"init": scope.init}] for line in b["init"]
+            "init_later(" in line for b in [*blocks, {"init": scope.init}] for line in b["init"]
         ),
     )
 

@@ -1,0 +1,82 @@
+"""Seeded initialisation equals the reference's: with one seed, torchvision and the built and
+generated torch models give bit-identical state_dicts and leave the random stream in the same
+place; keras.applications and the Keras build give identical weights under
+``keras.utils.set_random_seed``."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+import rescompiler
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def references(prefix: str) -> list[tuple[str, str]]:
+    """(spec name, reference attribute) of the library specs whose reference starts so."""
+    found = []
+    for path in sorted((ROOT / "specs").glob("*.yaml")):
+        reference = str(yaml.safe_load(path.read_text()).get("reference", ""))
+        if reference.startswith(prefix):
+            found.append((path.stem, reference[len(prefix) :]))
+    return found
+
+
+TORCHVISION = references("torchvision.models.")
+KERAS = references("keras.applications.")
+
+
+def test_the_library_has_references_to_check() -> None:
+    assert len(TORCHVISION) >= 11 and len(KERAS) >= 6
+
+
+@pytest.mark.parametrize(("name", "builder"), TORCHVISION)
+def test_torch_seeded_init_equals_torchvision(name: str, builder: str) -> None:
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.set_num_threads(1)
+    spec = rescompiler.load_spec(ROOT / "specs" / f"{name}.yaml")
+    generated = importlib.import_module(f"generated.{name}_torch")
+    makers = {
+        "torchvision": lambda: getattr(torchvision.models, builder)(),
+        "built": lambda: rescompiler.build(spec, "torch"),
+        "generated": generated.build,
+    }
+    states, after = {}, {}
+    for who, make in makers.items():
+        torch.manual_seed(0)
+        states[who] = make().state_dict()
+        after[who] = torch.rand(4)  # where each left the random stream
+    reference = states.pop("torchvision")
+    for who, state in states.items():
+        assert list(state) == list(reference), who
+        differ = [k for k in reference if not torch.equal(state[k], reference[k])]
+        assert not differ, (who, differ[:5])
+        assert torch.equal(after[who], after["torchvision"]), who
+
+
+@pytest.mark.parametrize(("name", "application"), KERAS)
+def test_keras_seeded_init_equals_keras_applications(name: str, application: str) -> None:
+    keras = pytest.importorskip("keras")
+    import numpy as np
+
+    spec = rescompiler.load_spec(
+        ROOT / "specs" / f"{name}.yaml", overrides={"input_shape": [3, 32, 32]}
+    )
+    keras.utils.set_random_seed(0)
+    reference = getattr(keras.applications, application)(weights=None, input_shape=(32, 32, 3))
+    keras.utils.set_random_seed(0)
+    ours = rescompiler.build(spec, "keras")
+    compared = 0
+    for layer in reference.layers:
+        if not layer.weights:
+            continue
+        mine = ours.get_layer(layer.name)
+        for a, b in zip(layer.get_weights(), mine.get_weights(), strict=True):
+            assert a.shape == b.shape and np.array_equal(a, b), layer.name
+            compared += 1
+    assert compared == len(reference.weights)
