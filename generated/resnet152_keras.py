@@ -61,25 +61,52 @@ def _pair(value: Any) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (value[0], value[1])
 
 
+def _overhang(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
+    """Rows (or columns) that torch's pooling reads past the padded input: with ``ceil_mode``
+    the output size rounds up, but the last window starts inside the input or its left pad."""
+    if not ceil_mode or (size + 2 * pad - kernel) % stride == 0:
+        return 0
+    out = (size + 2 * pad - kernel) // stride + 2
+    if (out - 1) * stride >= size + pad:
+        return 0
+    return (out - 1) * stride + kernel - size - 2 * pad
+
+
 @keras.saving.register_keras_serializable(package="rescompiler")
 class PaddedMaxPooling2D(layers.Layer):
-    """Max pooling of an input padded with -inf, as torch's ``MaxPool2d(padding=...)``."""
+    """Max pooling of an input padded with -inf, as torch's ``MaxPool2d(padding=...,
+    ceil_mode=...)``."""
 
-    def __init__(self, pool_size: Any, strides: Any = None, padding: Any = 0, **kwargs: Any):
+    def __init__(
+        self,
+        pool_size: Any,
+        strides: Any = None,
+        padding: Any = 0,
+        ceil_mode: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.pool_size = _pair(pool_size)
         self.strides = _pair(pool_size if strides is None else strides)
         self.padding = _pair(padding)
+        self.ceil_mode = ceil_mode
 
     def call(self, x: Any) -> Any:
-        ph, pw = self.padding
-        pads = [[0, 0], [ph, ph], [pw, pw], [0, 0]]
+        (ph, pw), (kh, kw), (sh, sw) = self.padding, self.pool_size, self.strides
+        eh = _overhang(x.shape[1], kh, sh, ph, self.ceil_mode)
+        ew = _overhang(x.shape[2], kw, sw, pw, self.ceil_mode)
+        pads = [[0, 0], [ph, ph + eh], [pw, pw + ew], [0, 0]]
         x = keras.ops.pad(x, pads, constant_values=float("-inf"))
         return keras.ops.max_pool(x, self.pool_size, self.strides, padding="valid")
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(pool_size=self.pool_size, strides=self.strides, padding=self.padding)
+        config.update(
+            pool_size=self.pool_size,
+            strides=self.strides,
+            padding=self.padding,
+            ceil_mode=self.ceil_mode,
+        )
         return config
 
 

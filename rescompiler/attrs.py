@@ -128,6 +128,7 @@ RULES: dict[str, FieldRule] = {
     "bias": _bool,
     "affine": _bool,
     "count_include_pad": _bool,
+    "ceil_mode": _bool,
     "keepdims": _bool,
     "align_corners": _bool,
     "eps": _ranged(0.0, math.inf, low_open=True, high_open=True),

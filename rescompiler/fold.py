@@ -34,7 +34,19 @@ from .errors import format_path
 from .schema import BlockCall, Group, SpecModel
 
 TARGETS = ("conv", "linear")
-NONLINEAR = {"relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax", "maxpool"}
+NONLINEAR = {
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "silu",
+    "hardswish",
+    "hardsigmoid",
+    "softmax",
+    "maxpool",
+}
 Side = Literal["after", "before"]
 
 

@@ -56,6 +56,7 @@ for _helper in (
     "PaddedConv2d",
     "PaddedMaxPooling2D",
     "PaddedAveragePooling2D",
+    "DilatedConv2DTranspose",
     "BilinearUpSampling2D",
     "FoldedConv2D",
     "FoldedDense",

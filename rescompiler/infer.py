@@ -103,14 +103,24 @@ def _flatten(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     return OpResult((size,))
 
 
+def pool_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
+    """Output length of a pooling window over ``size`` (``pad`` on each side), as torch: with
+    ``ceil_mode`` rounded up, but the last window must start inside the input or its left pad."""
+    out = _window(size, kernel, stride, 2 * pad, 1, "kernel")
+    if ceil_mode and (size + 2 * pad - kernel) % stride:
+        out += 1
+        if (out - 1) * stride >= size + pad:
+            out -= 1
+    return out
+
+
 def _pool(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     c, h, w = _feature_map(shapes, "pool")
     (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
     if ph * 2 > kh or pw * 2 > kw:
         raise InferError("pool padding must be at most half the kernel", "padding")
-    return OpResult(
-        (c, _window(h, kh, sh, 2 * ph, 1, "kernel"), _window(w, kw, sw, 2 * pw, 1, "kernel"))
-    )
+    ceil = a.get("ceil_mode", False)
+    return OpResult((c, pool_size(h, kh, sh, ph, ceil), pool_size(w, kw, sw, pw, ceil)))
 
 
 def _global_pool(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
@@ -183,6 +193,8 @@ SHAPE_RULES: dict[str, Callable[[dict[str, Any], Sequence[Shape]], OpResult]] = 
     "tanh": _same,
     "gelu": _same,
     "silu": _same,
+    "hardswish": _same,
+    "hardsigmoid": _same,
     "leaky_relu": _same,
     "softmax": _same,
     "identity": _same,

@@ -143,7 +143,17 @@ class Activation(NodeBase):
     """Element-wise activation or a shape-only op without parameters."""
 
     op: Literal[
-        "relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "identity", "flatten", "softmax"
+        "relu",
+        "relu6",
+        "sigmoid",
+        "tanh",
+        "gelu",
+        "silu",
+        "hardswish",
+        "hardsigmoid",
+        "identity",
+        "flatten",
+        "softmax",
     ]
 
 
@@ -155,22 +165,26 @@ class LeakyReLU(NodeBase):
 
 
 class MaxPool(NodeBase):
-    """Max pooling; padding pads with -inf (torch semantics). Put a zeropad first for zeros."""
+    """Max pooling; padding pads with -inf (torch semantics). Put a zeropad first for zeros.
+    ``ceil_mode`` rounds the output size up, as torch (a last window may hang over the edge)."""
 
     op: Literal["maxpool"]
     kernel: Pair
     stride: Pair | None = None
     padding: Pair = 0
+    ceil_mode: BoolExpr = False
 
 
 class AvgPool(NodeBase):
-    """Average pooling; ``count_include_pad`` as in torch."""
+    """Average pooling; ``count_include_pad`` and ``ceil_mode`` as in torch (the part of a last
+    window beyond the padded input is never counted)."""
 
     op: Literal["avgpool"]
     kernel: Pair
     stride: Pair | None = None
     padding: Pair = 0
     count_include_pad: BoolExpr = True
+    ceil_mode: BoolExpr = False
 
 
 class GlobalPool(NodeBase):
@@ -312,6 +326,8 @@ Node = Annotated[
     | Annotated[Activation, Tag("tanh")]
     | Annotated[Activation, Tag("gelu")]
     | Annotated[Activation, Tag("silu")]
+    | Annotated[Activation, Tag("hardswish")]
+    | Annotated[Activation, Tag("hardsigmoid")]
     | Annotated[Activation, Tag("identity")]
     | Annotated[Activation, Tag("flatten")]
     | Annotated[Activation, Tag("softmax")]
@@ -360,6 +376,27 @@ class OpDefaults(Strict):
     init: InitFields | None = None
 
 
+class NodeEdit(Strict):
+    """An edit of one node of a base spec, addressed by name (see ``edit``). ``replace`` and
+    ``delete`` stand alone; ``set``, ``insert_before`` and ``insert_after`` combine."""
+
+    replace: Node | Annotated[list[Node], Field(min_length=1)] | None = Field(
+        None, description="node(s) in its place; what read it reads the last one"
+    )
+    insert_before: Node | Annotated[list[Node], Field(min_length=1)] | None = Field(
+        None, description="node(s) that run on its input; it runs on their output"
+    )
+    insert_after: Node | Annotated[list[Node], Field(min_length=1)] | None = Field(
+        None, description="node(s) that run on its output; what read it reads theirs"
+    )
+    delete: Literal[True] | None = Field(None, description="remove it; it passes its input on")
+    set_fields: dict[str, Any] | None = Field(
+        None,
+        alias="set",
+        description="fields to change (mappings merge, null removes a field)",
+    )
+
+
 class SpecModel(Strict):
     """A whole spec file after ``extends`` has been merged."""
 
@@ -380,6 +417,13 @@ class SpecModel(Strict):
     )
     blocks: dict[Ident, BlockTemplate] = Field(default_factory=dict)
     body: list[Node] = Field(min_length=1)
+    edit: dict[str, dict[str, NodeEdit]] | None = Field(
+        None,
+        description=(
+            "with extends: edit nodes of the base by name, per body ('body', "
+            "'blocks.NAME.body'), e.g. {conv1: {set: {stride: 1}}}; applied when merging"
+        ),
+    )
 
 
 def json_schema() -> dict[str, Any]:

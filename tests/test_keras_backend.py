@@ -403,6 +403,22 @@ SINGLE_OPS: dict[str, list[str]] = {
         "{op: identity}",
         "{op: dropout, p: 0.5}",
     ],
+    "hard_activations": ["{op: hardswish}", "{op: hardsigmoid}"],
+    "maxpool_ceil_mode": ["{op: maxpool, kernel: 3, stride: 2, ceil_mode: true}"],
+    "maxpool_ceil_mode_padded": [
+        "{op: maxpool, kernel: 3, stride: 2, padding: 1, ceil_mode: true}"
+    ],
+    "avgpool_ceil_mode": ["{op: avgpool, kernel: 2, stride: 2, ceil_mode: true}"],
+    "pools_ceil_mode_last_window_starts_in_pad": [  # 11 + 2 pad: a 7th window would start past
+        "{op: maxpool, kernel: 2, stride: 2, padding: 1, ceil_mode: true}",
+        "{op: avgpool, kernel: 2, stride: 2, padding: 1, ceil_mode: true}",
+    ],
+    "avgpool_ceil_mode_padded": [
+        "{op: avgpool, kernel: 3, stride: 2, padding: 1, ceil_mode: true}"
+    ],
+    "avgpool_ceil_mode_exclude_pad": [
+        "{op: avgpool, kernel: 3, stride: 2, padding: 1, count_include_pad: false, ceil_mode: true}"
+    ],
     "softmax_over_channels": ["{op: softmax}"],
     "global_max_keepdims": ["{op: global_maxpool, keepdims: true}"],
     "global_avg_linear": [
@@ -422,7 +438,9 @@ def test_op_computes_what_torch_computes(case: str, write_spec: Callable[..., Pa
     model = rescompiler.build(spec, "keras")
     rescompiler.transfer_weights(spec, source, model)
     x = random_input(list(spec.input_shape))
-    assert_close(run(model, x), torch_output(source, x))
+    expected = torch_output(source, x)
+    assert expected.shape[1:] == nhwc(spec.graph.shape_of(spec.graph.output))  # as inferred
+    assert_close(run(model, x), expected)
 
 
 @pytest.mark.parametrize("text", [OPS_VECTOR, OPS_MAP], ids=["vector", "map"])

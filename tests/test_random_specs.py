@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 EXAMPLES = int(os.environ.get("RESCOMPILER_RANDOM_SPECS", "200"))
 SEED = os.environ.get("RESCOMPILER_RANDOM_SEED")
-ACTIVATIONS = ["relu", "relu6", "tanh", "silu", "leaky_relu"]
+ACTIVATIONS = ["relu", "relu6", "tanh", "silu", "leaky_relu", "hardswish", "hardsigmoid"]
 CHANNELS = [4, 8, 12, 16]  # multiples of 4, so groups of 1, 2 or 4 always divide
 
 
@@ -215,7 +215,12 @@ def random_spec(draw: st.DrawFn) -> dict[str, Any]:
         _activation(draw),
     ]
     if draw(st.booleans()):
-        body.append({"op": "maxpool", "name": "pool", "kernel": 3, "stride": 2, "padding": 1})
+        pool = draw(st.sampled_from(["maxpool", "avgpool"]))
+        node = {"op": pool, "name": "pool", "kernel": 3, "stride": 2, "padding": 1}
+        node["ceil_mode"] = draw(st.booleans())  # odd sizes: a last window over the edge
+        if pool == "avgpool":
+            node["count_include_pad"] = draw(st.booleans())
+        body.append(node)
     params: dict[str, Any] = {"num_classes": draw(st.integers(2, 10))}
     if draw(st.booleans()):  # model params named like a stage's counters (i, n) and variables
         params.update({"n": draw(st.integers(1, 2)), "i": draw(st.sampled_from(CHANNELS))})

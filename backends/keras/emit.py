@@ -61,10 +61,13 @@ ACTIVATIONS = {
     "tanh": "tanh",
     "gelu": "gelu",
     "silu": "silu",
+    "hardswish": "hard_swish",
+    "hardsigmoid": "hard_sigmoid",
 }
 HELPERS = (
     "PaddedMaxPooling2D",
     "PaddedAveragePooling2D",
+    "DilatedConv2DTranspose",
     "BilinearUpSampling2D",
     "CropTo",
     "PadTo",
@@ -73,7 +76,15 @@ HELPERS = (
     "FoldedDense",
 )
 MODULE_NAMES = ("keras", "layers", "build", "initializer", "DEFAULTS", "INPUT_SHAPE", "Any")
-MODULE_EXTRA = ("Sequence", "sys", "_pair", "np", "fold_batchnorm", "load_plain_weights")
+MODULE_EXTRA = (
+    "Sequence",
+    "sys",
+    "_pair",
+    "_overhang",
+    "np",
+    "fold_batchnorm",
+    "load_plain_weights",
+)
 OPTIMIZE = (None, "inference")
 GENERIC_VARS = ("x", "out")
 # keras.Model (and load_model) map the layer graph recursively, a frame per layer of its
@@ -650,17 +661,19 @@ class BodyEmitter:
             args = [pair(node.kernel)]
             if node.stride is not None and node.stride != node.kernel:
                 args.append(f"strides={pair(node.stride)}")
-            if is_neutral(node.padding, 0):
+            ceil = [] if node.ceil_mode is False else [f"ceil_mode={src(node.ceil_mode)}"]
+            if is_neutral(node.padding, 0) and not ceil:
                 return [(None, "layers.MaxPooling2D", args)]
             self.m.helpers.add("PaddedMaxPooling2D")
-            return [(None, "PaddedMaxPooling2D", [*args, f"padding={pair(node.padding)}"])]
+            return [(None, "PaddedMaxPooling2D", [*args, f"padding={pair(node.padding)}", *ceil])]
         if op == "avgpool":
             args = [pair(node.kernel)]
             if node.stride is not None and node.stride != node.kernel:
                 args.append(f"strides={pair(node.stride)}")
-            if is_neutral(node.padding, 0):
+            ceil = [] if node.ceil_mode is False else [f"ceil_mode={src(node.ceil_mode)}"]
+            if is_neutral(node.padding, 0) and not ceil:
                 return [(None, "layers.AveragePooling2D", args)]
-            if node.count_include_pad is True:
+            if node.count_include_pad is True and not ceil:
                 pad = (
                     "_pad",
                     "layers.ZeroPadding2D",
@@ -670,7 +683,7 @@ class BodyEmitter:
             self.m.helpers.add("PaddedAveragePooling2D")
             args.append(f"padding={pair(node.padding)}")
             args.append(f"count_include_pad={src(node.count_include_pad)}")
-            return [(None, "PaddedAveragePooling2D", args)]
+            return [(None, "PaddedAveragePooling2D", [*args, *ceil])]
         if op in ("global_avgpool", "global_maxpool"):
             callee = (
                 "layers.GlobalAveragePooling2D"
@@ -812,7 +825,11 @@ class BodyEmitter:
             args.append(f"use_bias={src(bias)}")
         # torch's ConvTranspose2d weight is (in, out / groups, kh, kw): its fan-in is out * kh * kw
         args += self.init_args(node, bias, self.times_kernel(parenthesise(src(node.out)), kernel))
-        chain: list[tuple[str | None, str, list[str]]] = [(None, "layers.Conv2DTranspose", args)]
+        layer = "layers.Conv2DTranspose"
+        if not is_neutral(dilation, 1):
+            layer = "DilatedConv2DTranspose"
+            self.m.helpers.add(layer)
+        chain: list[tuple[str | None, str, list[str]]] = [(None, layer, args)]
         if not is_neutral(node.padding, 0):
             chain.append(("_crop", "layers.Cropping2D", [pair(node.padding)]))
         return chain

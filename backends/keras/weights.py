@@ -26,6 +26,8 @@ ELEMENTWISE_1D = {
     "tanh",
     "gelu",
     "silu",
+    "hardswish",
+    "hardsigmoid",
     "leaky_relu",
     "identity",
     "dropout",

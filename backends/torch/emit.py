@@ -44,6 +44,8 @@ ACTIVATIONS = {
     "tanh": "nn.Tanh",
     "gelu": "nn.GELU",
     "silu": "nn.SiLU",
+    "hardswish": "nn.Hardswish",
+    "hardsigmoid": "nn.Hardsigmoid",
     "identity": "nn.Identity",
     "flatten": "nn.Flatten",
 }
@@ -236,6 +238,8 @@ class BodyEmitter:
             args.append(f"stride={_pair(stride)}")
             if node.padding != 0:  # type: ignore[attr-defined]
                 args.append(f"padding={_pair(node.padding)}")  # type: ignore[attr-defined]
+            if node.ceil_mode is not False:  # type: ignore[attr-defined]
+                args.append(f"ceil_mode={py(node.ceil_mode)}")  # type: ignore[attr-defined]
             if op == "avgpool" and node.count_include_pad is not True:  # type: ignore[attr-defined]
                 args.append(f"count_include_pad={py(node.count_include_pad)}")  # type: ignore[attr-defined]
             return Call(cls, tuple(args)), cin
