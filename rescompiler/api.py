@@ -15,7 +15,7 @@ from .identifiers import check_graph_names, check_identifiers
 from .ir import Graph
 from .library import close_names, find_spec, present
 from .loader import LoadedDocument
-from .names import check_names
+from .names import check_names, check_unread_params
 from .resolve import load_merged, resolve_env, validate_partially
 from .schema import SpecModel
 
@@ -55,7 +55,9 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
     for diagnostic in invalid:
         sink.error(diagnostic.location, diagnostic.path, diagnostic.message)
     overrides = dict(overrides or {})
-    check_names(model, doc.locate, sink)
+    reads = check_names(model, doc.locate, sink)
+    if not invalid:  # a node that failed validation reads names that cannot be known
+        check_unread_params(model, reads, doc.locate, sink)
     check_identifiers(model, doc.locate, sink)
     env, input_shape = resolve_env(model, doc, overrides, sink, Location(str(path)))
     if input_shape is None:

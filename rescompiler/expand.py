@@ -13,7 +13,7 @@ from typing import Any
 from .attrs import AttrError, resolve_attrs
 from .errors import DiagnosticSink, Location, format_path
 from .expr import ExprError, evaluate, render_template, short_repr, suggest
-from .infer import InferError, fmt, infer_node
+from .infer import MERGES, InferError, fmt, infer_node
 from .ir import INPUT, Container, Graph, IRNode
 from .schema import RESERVED, BlockCall, BlockTemplate, Group, NodeBase, SpecModel
 
@@ -281,7 +281,7 @@ class Expander:
         enabled = self._when(node, path, scope)
         if not enabled:
             target: str | None = inputs[0]
-            if getattr(node, "op", None) in ("add", "concat") and node.otherwise is None:
+            if getattr(node, "op", None) in MERGES and node.otherwise is None:
                 names = [node.inputs] if isinstance(node.inputs, str) else list(node.inputs or [])
                 refs = [i for i in inputs if i is not None]
                 self.off_merges.append((path, node.op, names, refs))

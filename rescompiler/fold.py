@@ -46,6 +46,7 @@ NONLINEAR = {
     "hardsigmoid",
     "softmax",
     "maxpool",
+    "mul",
 }
 Side = Literal["after", "before"]
 

@@ -11,6 +11,7 @@ from .ir import INPUT, Graph
 MERGE_STYLE = {
     "add": ("fill:#ffe0b2,stroke:#e65100", "#ffe0b2", "circle", "+"),
     "concat": ("fill:#c8e6c9,stroke:#1b5e20", "#c8e6c9", "hexagon", "concat"),
+    "mul": ("fill:#e1bee7,stroke:#4a148c", "#e1bee7", "circle", "×"),
 }
 
 
@@ -76,7 +77,7 @@ def to_mermaid(graph: Graph, collapse: bool = False) -> str:
 
     def shape(v: _Vertex) -> str:
         label = _quote(v.label)
-        if v.op == "add":
+        if v.op in ("add", "mul"):
             return f'{ids[v.key]}(("{label}"))'
         if v.op == "concat":
             return f'{ids[v.key]}{{{{"{label}"}}}}'

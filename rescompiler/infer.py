@@ -178,6 +178,14 @@ def _add(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     return OpResult(shapes[0])
 
 
+def _mul(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
+    shape = tuple(max(dims) for dims in zip(*shapes, strict=True))
+    size = 1
+    for d in shape:
+        size *= d
+    return OpResult(shape, macs=size * (len(shapes) - 1))
+
+
 def _concat(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     return OpResult((sum(s[0] for s in shapes), *shapes[0][1:]))
 
@@ -213,12 +221,15 @@ SHAPE_RULES: dict[str, Callable[[dict[str, Any], Sequence[Shape]], OpResult]] = 
     "upsample": _upsample,
     "add": _add,
     "concat": _concat,
+    "mul": _mul,
 }
-MULTI_INPUT = {"add", "concat", "crop_to", "pad_to"}
+MULTI_INPUT = {"add", "concat", "mul", "crop_to", "pad_to"}
+MERGES = ("add", "concat", "mul")
 
 
 def check_merge(op: str, names: Sequence[str], shapes: Sequence[Shape]) -> None:
-    """``add`` needs equal shapes; ``concat`` equal spatial size. The message names both inputs."""
+    """``add`` needs equal shapes, ``concat`` equal spatial size, ``mul`` shapes that broadcast.
+    The message names both inputs."""
     if len(shapes) < 2:
         raise InferError(f"{op} needs at least two inputs, got {len(shapes)}", "inputs")
     first, first_shape = names[0], shapes[0]
@@ -227,6 +238,15 @@ def check_merge(op: str, names: Sequence[str], shapes: Sequence[Shape]) -> None:
             raise InferError(
                 f"add inputs differ in shape: {first} is {fmt(first_shape)}, "
                 f"{name} is {fmt(shape)}",
+                "inputs",
+            )
+        if op == "mul" and (
+            len(shape) != len(first_shape)
+            or any(a != b and 1 not in (a, b) for a, b in zip(shape, first_shape, strict=True))
+        ):
+            raise InferError(
+                f"mul inputs do not broadcast: {first} is {fmt(first_shape)}, "
+                f"{name} is {fmt(shape)} (each size must be equal, or 1 in one of them)",
                 "inputs",
             )
         if op == "concat" and (len(shape) != len(first_shape) or shape[1:] != first_shape[1:]):
@@ -241,7 +261,7 @@ def infer_node(
     op: str, attrs: dict[str, Any], names: Sequence[str], shapes: Sequence[Shape]
 ) -> OpResult:
     """Shape, params, statistics and MACs of one node; raises InferError when it cannot apply."""
-    if op in ("add", "concat"):
+    if op in MERGES:
         check_merge(op, names, shapes)
     elif op not in MULTI_INPUT and len(shapes) != 1:
         raise InferError(f"{op} takes one input, got {len(shapes)}", "inputs")

@@ -1,4 +1,5 @@
-"""Resolve a spec file: follow ``extends`` (deep merge, child wins), validate with pydantic
+"""Resolve a spec file: follow ``extends`` (deep merge, child wins, then the child's ``edit``
+of nodes by name and the inheritance rule of :mod:`rescompiler.edit`), validate with pydantic
 (every error mapped back to file:line:col and spec path), apply param overrides, evaluate
 ``let`` values and the input shape."""
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .edit import ARCHITECTURE_KEYS, apply_edits, apply_inheritance
 from .errors import Diagnostic, DiagnosticSink, Location, SpecError, format_path
 from .expr import MAX_INT, ExprError, evaluate, suggest
 from .library import close_names, library_spec
@@ -87,6 +89,9 @@ def load_merged(
     doc = load_document(path, display)
     parent = doc.data.get("extends")
     if parent is None:
+        if "edit" in doc.data:
+            message = "edit needs extends: only a variant of another spec edits nodes by name"
+            raise SpecError.single(doc.locate(("edit",)), "edit", message)
         return doc
     where = doc.locate(("extends",))
     if not isinstance(parent, str):
@@ -104,10 +109,20 @@ def load_merged(
     base_display = str(Path(doc.file).parent / parent) if local.exists() else str(resolved)
     base = load_merged(resolved, base_display, (*chain, path.resolve()))
     positions = dict(base.positions)
-    child_data = {k: v for k, v in doc.data.items() if k != "extends"}
+    child_data = {k: v for k, v in doc.data.items() if k not in ("extends", "edit")}
     merged = _merge(base.data, child_data, positions, doc.positions, ())
     positions.update(doc.positions)
     merged["extends"] = parent
+    if not any(key in doc.data for key in ARCHITECTURE_KEYS):
+        return LoadedDocument(doc.file, merged, positions)
+    merged = copy.deepcopy(merged)  # shares lists with the base; edits change them in place
+    apply_inheritance(merged, doc.data, positions)
+    if "edit" in doc.data:
+        merged["edit"] = doc.data["edit"]
+        located = LoadedDocument(doc.file, merged, positions)
+        merged, positions, problems = apply_edits(merged, positions, located.locate)
+        if problems:
+            raise SpecError(sorted(problems, key=lambda d: (d.location.line, d.location.column)))
     return LoadedDocument(doc.file, merged, positions)
 
 

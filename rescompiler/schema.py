@@ -246,9 +246,11 @@ class Upsample(NodeBase):
 
 
 class Merge(NodeBase):
-    """``add`` (equal shapes) or ``concat`` (channel axis, equal spatial size) of 2+ inputs."""
+    """``add`` (equal shapes), ``concat`` (channel axis, equal spatial size) or ``mul``
+    (element-wise product, broadcasting sizes of 1: a C×1×1 gate times a C×H×W map, or a 1×H×W
+    map times a C×H×W one) of 2+ inputs."""
 
-    op: Literal["add", "concat"]
+    op: Literal["add", "concat", "mul"]
 
 
 class BlockCall(NodeBase):
@@ -346,6 +348,7 @@ Node = Annotated[
     | Annotated[Upsample, Tag("upsample")]
     | Annotated[Merge, Tag("add")]
     | Annotated[Merge, Tag("concat")]
+    | Annotated[Merge, Tag("mul")]
     | Annotated[BlockCall, Tag("<block>")]
     | Annotated[Group, Tag("<group>")],
     Discriminator(_node_tag),

@@ -195,7 +195,7 @@ def test_plain_vs_residual(tmp_path: Path) -> None:
         (["--epochs", "0"], 2, "expected a positive integer"),
         (["--backend", "jax"], 2, "invalid choice"),
         (["--set", "depth"], 2, "expected KEY=VALUE"),
-        (["--spec", "examples/specs/missing.yaml"], 1, "cannot read file"),
+        (["--spec", "examples/specs/missing.yaml"], 1, "no spec file"),
         (["--spec", "specs/cifar_resnet20.yaml"], 1, "the digits are (1, 8, 8)"),
         (["--set", "width=3"], 1, "unknown params"),
     ],

@@ -404,6 +404,14 @@ SINGLE_OPS: dict[str, list[str]] = {
         "{op: dropout, p: 0.5}",
     ],
     "hard_activations": ["{op: hardswish}", "{op: hardsigmoid}"],
+    "mul_channel_gate_and_spatial_map": [
+        "{op: global_avgpool, name: pooled}",
+        "{op: conv, name: gate, out: 4, kernel: 1}",
+        "{op: sigmoid, name: g}",
+        "{op: mul, name: scaled, inputs: [g, input]}",
+        "{op: conv, name: spatial, out: 1, kernel: 3, padding: 1}",
+        "{op: mul, inputs: [scaled, spatial]}",
+    ],
     "maxpool_ceil_mode": ["{op: maxpool, kernel: 3, stride: 2, ceil_mode: true}"],
     "maxpool_ceil_mode_padded": [
         "{op: maxpool, kernel: 3, stride: 2, padding: 1, ceil_mode: true}"

@@ -718,6 +718,8 @@ class BodyEmitter:
             return [(None, "layers.Add", [])]
         if op == "concat":
             return [(None, "layers.Concatenate", [])]
+        if op == "mul":
+            return [(None, "layers.Multiply", [])]
         raise self.m.fail(path, f"op {op!r} has no keras translation")
 
     def fold_args(self, fold: Fold) -> list[str]:

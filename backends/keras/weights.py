@@ -50,7 +50,7 @@ def feature_orders(graph: Any) -> dict[str, np.ndarray]:
                 orders[node.id] = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
         elif len(node.shape) == 1 and node.op in ELEMENTWISE_1D and node.inputs[0] in orders:
             orders[node.id] = orders[node.inputs[0]]
-        elif len(node.shape) == 1 and node.op == "add":
+        elif len(node.shape) == 1 and node.op in ("add", "mul"):
             found = [orders.get(i) for i in node.inputs]
             if any(p is not None for p in found):
                 first = next(p for p in found if p is not None)

@@ -32,6 +32,7 @@ from rescompiler.codegen import (
 )
 from rescompiler.errors import Location, SpecError
 from rescompiler.fold import Fold, FoldPlan, fold_notes, plan_folds
+from rescompiler.infer import MERGES
 from rescompiler.ir import IRNode
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
 from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase
@@ -93,7 +94,7 @@ def owned_by_reader(node: Any, inputs: int = 1) -> bool:
     """A node makes a new tensor that its backward does not read (see OWNED_OUTPUT)."""
     if isinstance(node, BlockCall | Group) or node.when is not None:
         return False
-    return node.op in OWNED_OUTPUT or (node.op == "add" and inputs > 1)
+    return node.op in OWNED_OUTPUT or (node.op in ("add", "mul") and inputs > 1)
 
 
 class BodyEmitter:
@@ -135,7 +136,12 @@ class BodyEmitter:
     def attr_ref(self, local: str) -> str:
         if self.owner == "self":
             return f"self.{local}"
-        return f"{self.owner}[{local}]" if local.isdigit() else f"{self.owner}.{local}"
+        if not local.isdigit():
+            return f"{self.owner}.{local}"
+        earlier = [entry[0] for entry in getattr(self, "entries", [])[: int(local)]]
+        if any(node.when is not None and node.when is not True for node in earlier):
+            return f'getattr({self.owner}, "{local}")'  # a child before it may not exist
+        return f"{self.owner}[{local}]"
 
     def assign(self, indent: int, local: str, value: Call | str) -> list[str]:
         if self.owner == "self":
@@ -491,7 +497,7 @@ class BodyEmitter:
         ):
             names = [names[1], names[0]]  # add into the operand that may be overwritten
         in_vars = [self.vars[n] for n in names]
-        if op in ("add", "concat"):
+        if op in MERGES:
             if self.owner != "self":  # the front end keeps merges out of groups
                 raise self.fail(index, f"{op} inside a group is not supported by torch")
             if cond is not None:
@@ -499,7 +505,7 @@ class BodyEmitter:
                 return
             overwrite = len(names) == 2 and self.may_overwrite(index, names[0])
             var, _ = self.choose_var(index, local, names, False)
-            merged, self.channels[local] = self.merge_source(op, names)
+            merged, self.channels[local] = self.merge_source(op, names, index)
             if op == "add" and overwrite and var == in_vars[0]:
                 self.s.forward.append(f"        {var} += {in_vars[1]}")
             else:
@@ -549,7 +555,7 @@ class BodyEmitter:
         self.s.init += layout(8, f"self.{flag} = ", cond)
         alt_var = self.vars[alt]
         var, reused = self.choose_var(index, local, [alt, *names], True)
-        merged, chan = self.merge_source(node.op, names)
+        merged, chan = self.merge_source(node.op, names, index)
         if node.when is not None and chan != self.channels[alt]:  # else read only when on
             chan = f"({chan} if self.{flag} else {self.channels[alt]})"
         self.s.forward.append(f"        if self.{flag}:")
@@ -558,13 +564,28 @@ class BodyEmitter:
             self.s.forward += ["        else:", f"            {var} = {alt_var}"]
         self.vars[local], self.channels[local] = var, chan
 
-    def merge_source(self, op: str, names: list[str]) -> tuple[Call | str, str]:
-        """Source of an ``add``/``concat`` of ``names`` and its channel count."""
+    def merge_source(self, op: str, names: list[str], index: int) -> tuple[Call | str, str]:
+        """Source of an ``add``/``concat``/``mul`` of ``names`` (node ``index``) and its channel
+        count."""
         in_vars = [self.vars[n] for n in names]
         if op == "add":
             return " + ".join(in_vars), self.channels[names[0]]
+        if op == "mul":  # channels of the input that is not broadcast over them
+            return " * ".join(in_vars), self.channels[names[self.full_input(index)]]
         channels = "(" + " + ".join(self.channels[n] for n in names) + ")"
         return Call("torch.cat", (f"[{', '.join(in_vars)}]", "1")), channels
+
+    def full_input(self, index: int) -> int:
+        """Which input of ``mul`` node ``index`` has the product's channel count in every
+        block instance (a gate of 1 channel broadcasts over the others)."""
+        graph = self.s.spec.graph
+        for k in range(len(self.entries[index][2])):
+            if all(
+                graph.shape_of(n.inputs[k])[0] == n.shape[0]
+                for n in self.s.instances.get(f"{self.path}[{index}]", [])
+            ):
+                return k
+        return 0
 
     def call_source(self, node: Any, index: int, local: str, in_vars: list[str]) -> Call | str:
         if isinstance(node, BlockCall) and node.repeat is not None and len(in_vars) > 1:
@@ -647,7 +668,7 @@ class BodyEmitter:
             and not isinstance(child, BlockCall | Group)
             and child.name is None
             and child.when is None
-            and child.op not in ("add", "concat")  # type: ignore[attr-defined]
+            and child.op not in MERGES  # type: ignore[attr-defined]
             for child in node.body
         ):
             ctors: list[Call | str] = []
