@@ -3,6 +3,7 @@ name-template translation, and the free names of block templates."""
 
 from __future__ import annotations
 
+import ast
 import builtins
 import io
 import keyword
@@ -12,7 +13,7 @@ from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import Any
 
-from .expr import evaluate, parse_expr, template_parts
+from .expr import ExprError, evaluate, parse_expr, template_parts
 from .pytext import docstring, literal, printable
 from .schema import BlockCall, BlockTemplate, Group, NodeBase, SpecModel
 
@@ -136,6 +137,43 @@ def node_names(node: NodeBase) -> set[str]:
             continue
         names |= value_names(value)
     return names
+
+
+TEXT_FIELDS = {"doc", "description", "reference", "name", "op", "block", "group", "extends"}
+LIBRARY_FUNCTIONS = ("ceil", "floor", "make_divisible")  # not Python builtins: emitted modules
+# define or import them when the spec calls them
+
+
+def functions_used(model: SpecModel) -> list[str]:
+    """Which of :data:`LIBRARY_FUNCTIONS` the spec's expressions and name templates call."""
+    found: set[str] = set()
+
+    def calls(source: str) -> None:
+        try:
+            exprs = [parse_expr(source)]
+        except ExprError:
+            try:
+                exprs = [p for p in template_parts(source) if not isinstance(p, str)]
+            except ExprError:
+                return
+        for expr in exprs:
+            for node in ast.walk(expr.tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                    found.add(node.func.id)
+
+    def visit(value: Any) -> None:
+        if isinstance(value, str):
+            calls(value)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if key not in TEXT_FIELDS:
+                    visit(item)
+
+    visit(model.model_dump(exclude_defaults=True))
+    return [f for f in LIBRARY_FUNCTIONS if f in found]
 
 
 def walk(body: Iterable[Any]) -> Iterable[Any]:

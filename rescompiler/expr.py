@@ -102,6 +102,48 @@ def _sum(values: Any, *rest: Any) -> Any:
     return total
 
 
+def _number(value: Any, function: str) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ExprError(f"{function}() takes a number, got {short_repr(value)}")
+    return value
+
+
+def _ceil(value: Any, *rest: Any) -> int:
+    if rest:
+        raise ExprError("ceil() takes one argument")
+    return math.ceil(_number(value, "ceil"))
+
+
+def _floor(value: Any, *rest: Any) -> int:
+    if rest:
+        raise ExprError("floor() takes one argument")
+    return math.floor(_number(value, "floor"))
+
+
+def make_divisible(value: float, divisor: int, min_value: int | None = None) -> int:
+    """The multiple of ``divisor`` nearest ``value``, at least ``min_value`` (default: the
+    divisor) and never more than 10% below ``value``: torchvision's ``_make_divisible``, which
+    MobileNet, EfficientNet and RegNet round their channel counts with."""
+    if min_value is None:
+        min_value = divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def _make_divisible(value: Any, divisor: Any, *rest: Any) -> int:
+    if len(rest) > 1:
+        raise ExprError("make_divisible() takes a value, a divisor and an optional minimum")
+    _number(value, "make_divisible")
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
+        raise ExprError(f"make_divisible(): the divisor must be a positive integer, got {divisor}")
+    minimum = rest[0] if rest else None
+    if minimum is not None and (isinstance(minimum, bool) or not isinstance(minimum, int)):
+        raise ExprError(f"make_divisible(): the minimum must be an integer, got {minimum}")
+    return make_divisible(value, divisor, minimum)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min,
     "max": max,
@@ -110,6 +152,9 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "round": _round,
     "len": len,
     "sum": _sum,
+    "ceil": _ceil,
+    "floor": _floor,
+    "make_divisible": _make_divisible,
 }
 
 

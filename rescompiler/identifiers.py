@@ -45,6 +45,9 @@ MODULE_GLOBALS: dict[str, str] = {
     "fold_batchnorm": "the generated modules define fold_batchnorm()",
     "initializer": f"{_KERAS} defines initializer()",
     "load_plain_weights": f"{_KERAS} defines load_plain_weights()",
+    "ceil": "the generated modules import math.ceil for the expression language's ceil()",
+    "floor": "the generated modules import math.floor for the expression language's floor()",
+    "make_divisible": "the generated modules define make_divisible()",
 }
 for _helper in (
     "Crop",

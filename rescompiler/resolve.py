@@ -179,6 +179,49 @@ def _fields_for(path: PathKey, tag: str | None) -> list[str]:
     return []
 
 
+# other frameworks' names for our ops
+OP_ALIASES = {
+    "batchnorm": "bn",
+    "batch_norm": "bn",
+    "batchnorm2d": "bn",
+    "bn2d": "bn",
+    "conv2d": "conv",
+    "convolution": "conv",
+    "conv2d_transpose": "conv_transpose",
+    "deconv": "conv_transpose",
+    "dense": "linear",
+    "fc": "linear",
+    "max_pool": "maxpool",
+    "maxpool2d": "maxpool",
+    "avg_pool": "avgpool",
+    "avgpool2d": "avgpool",
+    "adaptive_avgpool": "global_avgpool",
+    "concatenate": "concat",
+    "cat": "concat",
+    "multiply": "mul",
+    "hard_swish": "hardswish",
+    "hard_sigmoid": "hardsigmoid",
+    "swish": "silu",
+    "upsampling": "upsample",
+    "zero_pad": "zeropad",
+    "pad": "zeropad",
+}
+# close in spelling, different in meaning: list the ops instead of suggesting
+FALSE_FRIENDS = {"drop_path", "droppath", "stochastic_depth", "relu_", "dropblock"}
+
+
+def unknown_op_message(op: Any) -> str:
+    """``unknown op 'x'`` with the op it probably means, or the list of ops."""
+    text = str(op)
+    alias = OP_ALIASES.get(text.lower().replace("-", "_"))
+    if alias is not None:
+        return f"unknown op {op!r} (did you mean {alias!r}?)"
+    hint = "" if text.lower() in FALSE_FRIENDS else suggest(text, OP_NAMES)
+    if hint:
+        return f"unknown op {op!r}{hint}"
+    return f"unknown op {op!r}; the ops are: {', '.join(sorted(OP_NAMES))}"
+
+
 def validation_diagnostics(exc: ValidationError, doc: LoadedDocument) -> list[Diagnostic]:
     """Translate pydantic errors into positioned one-line diagnostics, one per spec path."""
     by_path: dict[PathKey, Diagnostic] = {}
@@ -198,7 +241,7 @@ def validation_diagnostics(exc: ValidationError, doc: LoadedDocument) -> list[Di
             message = f"missing required key {path[-1]!r}"
         elif kind == "union_tag_invalid":
             op = err["ctx"]["tag"]
-            message = f"unknown op {op!r}{suggest(op, OP_NAMES)}"
+            message = unknown_op_message(op)
             path = (*path, "op")
         elif kind == "union_tag_not_found":
             message = "a node needs 'op' (e.g. op: conv), 'block' or 'group'"

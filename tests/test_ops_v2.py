@@ -173,3 +173,79 @@ def test_group_child_after_a_skipped_child_keeps_its_name(
     y = keras.ops.convert_to_numpy(model(x.permute(0, 2, 3, 1).numpy(), training=False))
     expected = built.eval()(x).detach().permute(0, 2, 3, 1).numpy()
     assert abs(y - expected).max() <= 1e-4 * abs(expected).max() + 1e-5
+
+
+SCALING = """\
+version: 1
+name: scaling
+input_shape: [3, 9, 9]
+params: {width_mult: 1.1, depth_mult: 1.4}
+let:
+  stem: make_divisible(32 * width_mult, 8)
+blocks:
+  b:
+    params: {out: null}
+    body:
+      - {op: conv, name: c, out: "make_divisible(out * width_mult, 8, 16)", kernel: 3, padding: 1}
+      - {op: relu}
+body:
+  - {op: conv, name: stem, out: stem, kernel: 3, padding: 1}
+  - {block: b, name: layer, repeat: "ceil(2 * depth_mult)", args: {out: "floor(24.9)"}}
+"""
+
+
+@pytest.mark.parametrize("divisor", [1, 4, 8, 16])
+def test_make_divisible_is_torchvisions(divisor: int) -> None:
+    utils = pytest.importorskip("torchvision.models._utils")
+    from rescompiler.expr import evaluate
+
+    for value in [0.5, 1, 3.3, 7.9, 8, 12, 15.9, 16, 31.5, 32 * 1.1, 40 * 0.35, 1280 * 1.4, 999]:
+        assert evaluate(f"make_divisible({value}, {divisor})", {}) == utils._make_divisible(
+            value, divisor
+        )
+        assert evaluate(f"make_divisible({value}, {divisor}, 24)", {}) == utils._make_divisible(
+            value, divisor, 24
+        )
+
+
+@pytest.mark.parametrize("overrides", [{}, {"width_mult": 0.5, "depth_mult": 2.0}])
+def test_scaling_functions_in_both_backends_and_generated_params(
+    overrides: dict[str, float], write_spec: Callable[..., Path], tmp_path: Path
+) -> None:
+    """ceil, floor and make_divisible evaluate alike in the front end, the built and the
+    generated torch module (with other params passed to its build()) and Keras."""
+    torch = pytest.importorskip("torch")
+    path = write_spec(SCALING)
+    spec = rescompiler.load_spec(path, overrides=overrides)
+    layers = [n.id for n in spec.graph.nodes if n.op == "conv"]
+    assert len(layers) == 1 + -(-2 * spec.params["depth_mult"] // 1)
+    generated = load_generated(
+        rescompiler.emit(rescompiler.load_spec(path), "torch"), tmp_path, "s"
+    )
+    model = generated.build(**overrides)  # type: ignore[attr-defined]
+    count = sum(p.numel() for p in model.parameters())
+    assert count == summarize(spec).trainable_params
+    built = rescompiler.build(spec, "torch")
+    assert sum(p.numel() for p in built.parameters()) == count
+    keras_model = rescompiler.build(spec, "keras")
+    assert keras_model.count_params() == count
+    assert tuple(model(torch.randn(1, 3, 9, 9)).shape) == (1, *spec.graph.nodes[-1].shape)
+
+
+@pytest.mark.parametrize(
+    ("op", "expected"),
+    [
+        ("batchnorm", "unknown op 'batchnorm' (did you mean 'bn'?)"),
+        ("Dense", "unknown op 'Dense' (did you mean 'linear'?)"),
+        ("rleu", "unknown op 'rleu' (did you mean 'relu'?)"),
+        ("drop_path", "unknown op 'drop_path'; the ops are: add, avgpool, bn,"),  # not dropout
+        ("xyz", "unknown op 'xyz'; the ops are: add, avgpool, bn,"),
+    ],
+)
+def test_unknown_ops_suggest_what_they_mean(
+    op: str, expected: str, write_spec: Callable[..., Path]
+) -> None:
+    path = write_spec(f"version: 1\nname: u\ninput_shape: [3, 8, 8]\nbody:\n  - {{op: {op}}}\n")
+    with pytest.raises(rescompiler.SpecError) as info:
+        rescompiler.load_spec(path)
+    assert expected in str(info.value) and info.value.line == 5

@@ -36,6 +36,7 @@ from rescompiler.codegen import (
     annotation,
     camel,
     clean,
+    functions_used,
     global_names,
     literal,
     local_name,
@@ -1055,6 +1056,7 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
     return ENVIRONMENT.get_template("module.py.jinja").render(
         header=header,
         inference=plan is not None,
+        functions=functions_used(m.model),
         helpers=sorted(m.helpers),
         needs_init=m.needs_init,
         blocks=blocks,
