@@ -192,6 +192,10 @@ def resolve_attrs(
         attrs[field] = RULES[field](evaluated, field)
     if "padding" in raw:
         try:
+            if raw["padding"] in ("same", "valid") and op != "conv":
+                raise AttrError(
+                    "padding", f"padding {raw['padding']!r} is for conv only; give the amounts"
+                )
             if op in PAIR_PADDING_OPS:
                 attrs["padding"] = _pair(evaluate(raw["padding"], env), "padding", 0)
             else:

@@ -168,8 +168,8 @@ def variable_conflict(name: str, scope: str) -> str | None:
         return f"{name}() is a function of the expression language"
     if name in GENERATED_BUILTINS:
         return f"the generated code calls Python's {name}()"
-    if scope == "block" and name == "in_channels":
-        return "every block has in_channels (the channels of its first input)"
+    if name == "in_channels":
+        return "in_channels is the channels of the input (of the model, or of a block's first)"
     if scope == "model" and name == "input_shape":
         return "input_shape is the spec's own field (override it as input_shape)"
     if scope == "model" and name == "inputs":

@@ -50,6 +50,7 @@ from rescompiler.codegen import (
 from rescompiler.errors import Location, SpecError, format_path
 from rescompiler.expr import template_parts
 from rescompiler.fold import Fold, FoldPlan, fold_notes, plan_folds
+from rescompiler.identifiers import MODULE_GLOBALS
 from rescompiler.ir import INPUT
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
 from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase, SpecModel
@@ -242,7 +243,11 @@ class ModuleEmitter:
         variables = {*self.model.params, *self.model.let}
         for template in self.model.blocks.values():
             variables |= {*template.params, *template.let, *template.inputs}
-        self.module_ns = Namespace({*MODULE_NAMES, *HELPERS, *MODULE_EXTRA, *variables})
+        # block functions are module globals: none may take a name a function binds locally
+        local_names = {*GENERIC_VARS, "input_shape", "in_channels", "inputs", "name"}
+        self.module_ns = Namespace(
+            {*MODULE_NAMES, *HELPERS, *MODULE_EXTRA, *MODULE_GLOBALS, *variables, *local_names}
+        )
         self.order = used_blocks(self.model)
         self.fn_of = {name: self.module_ns.create(name) for name in self.order}
         self.model_fn = self.module_ns.create(camel(self.model.name))
@@ -919,6 +924,7 @@ def block_function(m: ModuleEmitter, name: str, template: BlockTemplate) -> dict
         *m.globals_of[name],
         "in_channels",
     }
+    reserved |= set(MODULE_GLOBALS)
     fn = Function(Namespace(reserved), generic=tuple(v for v in GENERIC_VARS if v not in reserved))
     inputs: dict[str, str] = {}
     for k, input_name in enumerate(template.inputs):
@@ -985,6 +991,7 @@ def model_function(m: ModuleEmitter) -> dict[str, Any]:
         "input_shape",
         "inputs",
     }
+    reserved |= set(MODULE_GLOBALS)
     fn = Function(Namespace(reserved), generic=tuple(v for v in GENERIC_VARS if v not in reserved))
     for generic in GENERIC_VARS:
         fn.ns.reserve(generic)

@@ -33,6 +33,7 @@ from rescompiler.codegen import (
 )
 from rescompiler.errors import Location, SpecError
 from rescompiler.fold import Fold, FoldPlan, fold_notes, plan_folds
+from rescompiler.identifiers import MODULE_GLOBALS
 from rescompiler.infer import MERGES
 from rescompiler.ir import IRNode
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
@@ -77,8 +78,8 @@ class Scope:
     helpers: set[str]
     init: list[str] = field(default_factory=list)
     forward: list[str] = field(default_factory=list)
-    init_ns: Namespace = field(default_factory=Namespace)
-    var_ns: Namespace = field(default_factory=Namespace)
+    init_ns: Namespace = field(default_factory=lambda: Namespace(MODULE_GLOBALS))
+    var_ns: Namespace = field(default_factory=lambda: Namespace(MODULE_GLOBALS))
     plan: FoldPlan | None = None  # the fold plan of an inference build; None for the plain one
     folded: list[tuple[str, str, float, str]] = field(default_factory=list)  # FOLDED_BN rows
     loop_names: dict[str, str] = field(default_factory=dict)
@@ -813,9 +814,7 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
     variables = {*model.params, *model.let, "input_shape", "in_channels"}
     for template in model.blocks.values():
         variables |= {*template.params, *template.let}
-    classes_ns = Namespace(
-        {"INITIALISERS", "build", "torch", "nn", "F", "DEFAULTS", "fold", *HELPERS, *variables}
-    )
+    classes_ns = Namespace({*MODULE_GLOBALS, *HELPERS, *variables})
     order = used_blocks(model)
     class_of = {name: classes_ns.create(camel(name)) for name in order}
     model_class = classes_ns.create(camel(model.name))
@@ -826,10 +825,12 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
         scope.var_ns.reserve("self")
         template = model.blocks[name]
         visible = [*template.params, *template.let, *globals_of[name], *template.inputs]
-        scope.init_ns = Namespace(["self", "in_channels", *visible])
+        scope.init_ns = Namespace(["self", "in_channels", *visible, *MODULE_GLOBALS])
         blocks.append(emit_class(spec, scope, name, template))
     scope = Scope(spec, instances, globals_of, class_of, helpers, plan=plan)
-    scope.init_ns = Namespace(["self", "in_channels", "input_shape", *spec.params, *model.let])
+    scope.init_ns = Namespace(
+        ["self", "in_channels", "input_shape", *spec.params, *model.let, *MODULE_GLOBALS]
+    )
     emitter = BodyEmitter(scope, "body")
     scope.init.append("        in_channels = input_shape[0]")
     scope.init += [f"        {key} = {py(value)}" for key, value in model.let.items()]
