@@ -161,9 +161,9 @@ def test_verify_on_a_missing_device_is_a_usage_error(capsys: pytest.CaptureFixtu
         pytest.skip("this machine has CUDA")
     code = cli.run(["specs/cifar_resnet20.yaml", "--verify", "--device", "cuda"])
     err = capsys.readouterr().err
-    assert (
-        code == 2 and err.strip() == "rescompile: error: --device cuda: torch sees no CUDA device"
-    )
+    assert code == 2 and err.strip().startswith("rescompile: error: --device cuda: ")
+    # without a GPU driver this is known before torch loads; with one, torch is asked
+    assert "no GPU driver" in err or "torch sees no CUDA device" in err
 
 
 @pytest.mark.cuda
@@ -256,19 +256,23 @@ def test_a_checkpoint_of_another_model_is_refused_and_nothing_written(
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
+    ("content", "code", "message"),
     [
-        (b"not a checkpoint", "cannot read a torch checkpoint"),
-        (None, "no such file"),
+        (b"not a checkpoint", 1, "cannot read a torch checkpoint"),
+        (None, 2, "no such file"),  # a usage error, found before any framework loads
     ],
 )
 def test_unreadable_checkpoints(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes | None,
+    code: int,
+    message: str,
 ) -> None:
     source = tmp_path / "bad.pt"
     if content is not None:
         source.write_bytes(content)
-    assert convert("cifar_resnet20", source, "keras", tmp_path / "x.weights.h5") == 1
+    assert convert("cifar_resnet20", source, "keras", tmp_path / "x.weights.h5") == code
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "x.weights.h5").exists()
