@@ -208,6 +208,10 @@ HOSTILE_IDENTS = [
     "abs",
     "round",
     "TypeError",
+    "ceil",
+    "floor",
+    "make_divisible",
+    "math",
     "ValueError",
     "hasattr",
     "getattr",
@@ -772,12 +776,15 @@ class Mutator:
         if path is None:
             return None
         old = get(data, path)
-        func = self.rng.choice(["max", "min", "abs", "int", "round", "sum", "len"])
+        func = self.rng.choice(
+            ["max", "min", "abs", "int", "round", "sum", "len", "ceil", "floor", "make_divisible"]
+        )
         wrapped = {
             "max": f"max({old}, 1)",
             "min": f"min({old}, 2 ** 20)",
             "sum": f"sum([{old}, 0])",
             "len": f"{old} + len([]) * 0",
+            "make_divisible": f"make_divisible({old}, 1)",
         }.get(func, f"{func}({old})")
         get(data, path[:-1])[path[-1]] = wrapped
         label = f"value {'.'.join(map(str, path))} = {wrapped!r}"
@@ -801,7 +808,8 @@ class Mutator:
             args = get(data, path).get("args")
             if isinstance(args, dict):
                 targets += [(*path, "args", k) for k in args]
-        if self.rng.random() < 0.5:  # a new, unread param: it still reaches DEFAULTS
+        reader: PathKey | None = None
+        if self.rng.random() < 0.5:  # a new param, read by a ``when`` that always holds
             key = self.rng.choice(["label", "tag", self.ident(data)])
             if blocks and self.rng.random() < 0.5:
                 block = self.pick(list(blocks))
@@ -809,10 +817,16 @@ class Mutator:
                     if not isinstance(blocks[block].get("params"), dict):
                         blocks[block]["params"] = {}
                     targets = [("blocks", block, "params", key)]
+                    reader = ("blocks", block, "body")
             else:
                 if not isinstance(data.get("params"), dict):
                     data["params"] = {}
                 targets = [("params", key)]
+                reader = ("body",)
+            nodes = list(nodes_in(get(data, reader), reader)) if reader else []
+            node = get(data, self.pick(nodes)) if nodes else {}
+            if "when" not in node and "group" not in node:
+                node["when"] = f"{key} == {key}"
         path = self.pick(targets)
         if path is None:
             return None
@@ -896,12 +910,12 @@ name: tiny
 description: every kind of name the emitters turn into code
 input_shape: [3, 8, 8]
 params: {width: 4, depth: 2}
-let: {wide: width * 2}
+let: {wide: "max(width * 2, ceil(width / 2))"}
 blocks:
   unit:
     doc: a residual unit
     params: {planes: null, stride: 1}
-    let: {mid: planes // 2}
+    let: {mid: "make_divisible(floor(planes / 2), 1)"}
     body:
       - {op: conv, name: conv1, out: mid, kernel: 3, stride: stride, padding: 1}
       - {op: bn, name: bn1}
@@ -1004,8 +1018,9 @@ def sweep_names() -> list[str]:
 
 
 def sweep_case(index: int) -> Case:
-    """The ``index``-th sweep case: names in turn, kinds round-robin (every pair is
-    ``len(sweep_names()) * len(SWEEP_KINDS)`` cases)."""
+    """The ``index``-th sweep case: the names in turn, each round shifting the kinds, so the
+    first ``len(sweep_names()) * len(SWEEP_KINDS)`` indices hold every (name, kind) pair once
+    and any stride coprime with that total spreads each name over several kinds."""
     names = sweep_names()
     name = names[index % len(names)]
     kind = SWEEP_KINDS[(index // len(names) + index % len(names)) % len(SWEEP_KINDS)]
@@ -1042,6 +1057,9 @@ ALLOWED_IMPORTS = {
     "from collections.abc import Sequence",
     "from collections.abc import Mapping, Sequence",
     "from typing import Any",
+    "from math import ceil",
+    "from math import floor",
+    "from math import ceil, floor",
     "import torch",
     "import torch.nn.functional as F",
     "from torch import nn",
@@ -1129,7 +1147,9 @@ HELPER_CLASSES = frozenset(
         *("FoldedConv2D", "FoldedDense"),
     ]
 )
-HELPER_FUNCTIONS = frozenset(["_pair", "initializer", "fold_batchnorm", "load_plain_weights"])
+HELPER_FUNCTIONS = frozenset(
+    ["_pair", "initializer", "fold_batchnorm", "load_plain_weights", "make_divisible"]
+)
 
 
 def _bound_names(stmt: ast.stmt) -> list[str]:
@@ -1604,6 +1624,7 @@ def minimise(case: Case, signature: str, budget: float = 30.0) -> Case:
     with tempfile.TemporaryDirectory() as tmp:
 
         def fails(trial: Case) -> bool:
+            """Whether ``trial`` still fails with ``signature``."""
             _, failures = run_case(trial, Path(tmp))
             return any(f.signature == signature for f in failures)
 
@@ -1668,6 +1689,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     def tally(seed: int, outcome: str, failures: list[Failure]) -> None:
+        """Count outcomes; report progress every 1,000 cases."""
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         done = sum(outcomes.values())
         if done % 1000 == 0:
