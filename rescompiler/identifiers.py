@@ -238,18 +238,9 @@ def check_identifiers(
         checker.body(template.body, ("blocks", name, "body"), False)
 
 
-def keras_name_problem(name: str) -> str | None:
-    """Why Keras would refuse ``name`` as a layer name, or None."""
-    if not name:
-        return "a Keras layer name cannot be empty"
-    if "/" in name:
-        return "a Keras layer name cannot contain '/'"
-    return None
-
-
 def check_graph_names(graph: Graph, sink: DiagnosticSink) -> None:
     """Check names that exist only after expansion: stage children (``child_name``) against
-    nn.Sequential's attributes, and every node's Keras layer name."""
+    nn.Sequential's attributes. (Backend names are checked where they are rendered.)"""
     for container in graph.containers.values():
         parent_id, _, own = container.id.rpartition(".")
         parent = graph.containers.get(parent_id)
@@ -260,13 +251,4 @@ def check_graph_names(graph: Graph, sink: DiagnosticSink) -> None:
                     container.location,
                     container.spec_path,
                     f"child name {own!r} of {parent_id} cannot be used: {why}",
-                )
-    for node in graph.nodes:
-        for backend, name in node.names.items():
-            why = keras_name_problem(name) if backend == "keras" else None
-            if why:
-                sink.error(
-                    node.location,
-                    node.spec_path,
-                    f"{backend} name {name!r} of {node.id} cannot be used: {why}",
                 )

@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:  # run as a script: import the checkout, as pytest
     sys.path.insert(0, str(ROOT))
 
 import rescompiler  # noqa: E402
+from rescompiler.identifiers import TORCH_MODULE_ATTRIBUTES  # noqa: E402
 
 MARKER = "Zq9pwned"  # an identifier that only hostile text contains: seen as code = injected
 PathKey = tuple[Any, ...]
@@ -1078,66 +1079,9 @@ ALLOWED_BASES = {
     "layers.Dense",
 }
 ALLOWED_DECORATORS = {"keras.saving.register_keras_serializable(package='rescompiler')"}
-# nn.Module's public members (torch 2.14): a submodule attribute with one of these names is
-# shadowed by the method (``self.to(x)`` calls Module.to) or breaks ``train()``/``eval()``
-NN_MODULE_MEMBERS = frozenset(
-    [
-        "T_destination",
-        "add_module",
-        "apply",
-        "bfloat16",
-        "buffers",
-        "call_super_init",
-        "children",
-        "compile",
-        "cpu",
-        "cuda",
-        "double",
-        "dump_patches",
-        "eval",
-        "extra_repr",
-        "float",
-        "forward",
-        "get_buffer",
-        "get_extra_state",
-        "get_parameter",
-        "get_submodule",
-        "half",
-        "ipu",
-        "load_state_dict",
-        "modules",
-        "mtia",
-        "named_buffers",
-        "named_children",
-        "named_modules",
-        "named_parameters",
-        "parameters",
-        "register_backward_hook",
-        "register_buffer",
-        "register_forward_hook",
-        "register_forward_pre_hook",
-        "register_full_backward_hook",
-        "register_full_backward_pre_hook",
-        "register_load_state_dict_post_hook",
-        "register_load_state_dict_pre_hook",
-        "register_module",
-        "register_parameter",
-        "register_state_dict_post_hook",
-        "register_state_dict_pre_hook",
-        "requires_grad_",
-        "set_extra_state",
-        "set_submodule",
-        "share_memory",
-        "state_dict",
-        "to",
-        "to_empty",
-        "train",
-        "type",
-        "xpu",
-        "zero_grad",
-        "training",
-    ]
-)
+# nn.Module's public members (test_identifiers checks the list against dir(nn.Module)): a
+# submodule attribute with one of these names is shadowed by the method or breaks train()
+NN_MODULE_MEMBERS = TORCH_MODULE_ATTRIBUTES
 BUILTINS = frozenset(dir(builtins))
 # the templates' helpers (backends/*/templates): their arguments are never spec values
 HELPER_CLASSES = frozenset(

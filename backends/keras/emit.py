@@ -25,7 +25,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,31 +259,10 @@ class ModuleEmitter:
             self.prefix_of[name] = next(
                 p for p in ("name", "prefix", "name_prefix", "layer_prefix") if p not in taken
             )
-        self.check_param_names()
         self.aux: list[tuple[str, str]] = []  # (spec path, suffix) of helper layers
         self.instances: dict[str, list[Any]] = {}
         for node in spec.graph.nodes:
             self.instances.setdefault(node.spec_path, []).append(node)
-
-    def check_param_names(self) -> None:
-        """Params and lets become variables of the generated functions: they must not hide
-        the module's names (``keras``, ``layers``, block functions, helpers)."""
-        module_names = {*MODULE_NAMES, *HELPERS, *MODULE_EXTRA}
-        places: list[tuple[PathKey, Iterable[str]]] = [
-            (("params",), self.model.params),
-            (("let",), self.model.let),
-        ]
-        for name in self.order:
-            template = self.model.blocks[name]
-            places += [(("blocks", name, "params"), template.params)]
-            places += [(("blocks", name, "let"), template.let)]
-        for path, names in places:
-            for key in names:
-                if key in module_names:
-                    raise self.fail(
-                        (*path, key),
-                        f"keras: {key!r} would hide the generated module's {key!r}; rename it",
-                    )
 
     def fail(self, path: PathKey, message: str) -> SpecError:
         document = self.spec.document

@@ -33,7 +33,11 @@ from rescompiler.codegen import (
 )
 from rescompiler.errors import Location, SpecError
 from rescompiler.fold import Fold, FoldPlan, fold_notes, plan_folds
-from rescompiler.identifiers import MODULE_GLOBALS
+from rescompiler.identifiers import (
+    GENERATED_ATTRIBUTES,
+    MODULE_GLOBALS,
+    TORCH_MODULE_ATTRIBUTES,
+)
 from rescompiler.infer import MERGES
 from rescompiler.ir import IRNode
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
@@ -55,8 +59,6 @@ ACTIVATIONS = {
 HELPERS = ("Crop", "CropTo", "PadTo", "Subsample", "ChannelPad", "GlobalPool", "PaddedConv2d")
 TORCH_DEFAULT_INIT = {("bn", "weight"): "ones", ("bn", "bias"): "zeros"}
 BUILTIN_DEFAULTS = {"bias": True, "eps": 1e-5, "momentum": 0.1}
-MODULE_ATTRIBUTES = {"training", "forward", "out_channels", "T_destination", "dump_patches"}
-MODULE_ATTRIBUTES |= {"FOLDED_BN", "train", "eval"}
 # ops whose output is a new tensor that no backward pass reads: the only reader of such a value
 # may overwrite it (in-place ReLU, ``+=``), as torchvision's ReLU(inplace=True) and ``out +=``
 OWNED_OUTPUT = {"conv", "conv_transpose", "bn", "linear", "concat", "maxpool", "avgpool"}
@@ -549,7 +551,8 @@ class BodyEmitter:
         """A merge with ``when`` (or used only in some blocks): the condition is kept as a flag
         set in ``__init__`` (like torchvision's ``use_res_connect``); forward merges or passes
         ``alt`` on."""
-        attributes = {entry[1] for entry in self.entries} | MODULE_ATTRIBUTES
+        attributes = {entry[1] for entry in self.entries}
+        attributes |= TORCH_MODULE_ATTRIBUTES | GENERATED_ATTRIBUTES
         flag = f"use_{local}"
         while flag in attributes:
             flag += "_"
@@ -600,8 +603,6 @@ class BodyEmitter:
         self, node: Any, index: int, local: str, indent: int, cin: str, names: list[str]
     ) -> str:
         """Create ``self.<local>`` (a module, block, stage or group); returns its channels."""
-        if local in MODULE_ATTRIBUTES:
-            raise self.fail(index, f"name {local!r} clashes with an nn.Module attribute")
         if isinstance(node, BlockCall):
             return self.emit_block_call(node, index, local, indent, names)
         if isinstance(node, Group):
