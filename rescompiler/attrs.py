@@ -19,6 +19,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "bn": {"eps": 1e-5, "momentum": 0.1},
 }
 COMMON_FIELDS = set(NodeBase.model_fields) | {"op"}
+LITERAL_FIELDS = {"mode", "axis"}  # names from a fixed list, not expressions
 
 
 class AttrError(ValueError):
@@ -140,6 +141,7 @@ RULES: dict[str, FieldRule] = {
     "after": lambda v, f: _int(v, f, 0),
     "crop": _pad4,
     "mode": lambda v, f: v,
+    "axis": lambda v, f: v,
 }
 PAIR_PADDING_OPS = {"maxpool", "avgpool", "conv_transpose"}
 
@@ -186,7 +188,7 @@ def resolve_attrs(
             attrs[field] = attrs["kernel"]
             continue
         try:
-            evaluated = evaluate(value, env) if field != "mode" else value
+            evaluated = evaluate(value, env) if field not in LITERAL_FIELDS else value
         except ExprError as exc:
             raise AttrError(field, str(exc)) from None
         attrs[field] = RULES[field](evaluated, field)

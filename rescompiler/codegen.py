@@ -15,9 +15,21 @@ from typing import Any
 
 from .expr import ExprError, evaluate, parse_expr, template_parts
 from .pytext import docstring, literal, printable
-from .schema import BlockCall, BlockTemplate, Group, NodeBase, SpecModel
+from .schema import BlockCall, BlockTemplate, Group, NodeBase, Reuse, SpecModel
 
-NOT_EXPRESSIONS = {"name", "inputs", "otherwise", "doc", "op", "block", "group", "mode", "names"}
+NOT_EXPRESSIONS = {
+    "name",
+    "inputs",
+    "otherwise",
+    "doc",
+    "op",
+    "block",
+    "group",
+    "mode",
+    "axis",
+    "names",
+    "reuse",
+}
 KEYWORDS = {"same", "valid"}
 
 
@@ -263,6 +275,15 @@ def clean(text: str) -> str:
     return printable(text).strip()
 
 
+def node_kind(node: Any) -> str:
+    """What names an unnamed body node (``conv_1``): its block, the node it reuses, its op."""
+    if isinstance(node, BlockCall):
+        return node.block
+    if isinstance(node, Reuse):
+        return node.reuse
+    return node.op
+
+
 def local_name(node: Any, index: int, taken: Container[str], in_group: bool = False) -> str:
     """A body node's local name as the expander gives it: its group or ``name``, its position
     inside a group, else its op (or block) with the first free ``_k`` suffix."""
@@ -272,7 +293,7 @@ def local_name(node: Any, index: int, taken: Container[str], in_group: bool = Fa
         return node.name
     if in_group:
         return str(index)
-    default = node.block if isinstance(node, BlockCall) else node.op
+    default = node_kind(node)
     name, k = default, 1
     while name in taken:
         name, k = f"{default}_{k}", k + 1

@@ -15,7 +15,7 @@ from .errors import DiagnosticSink, Location, format_path
 from .expr import ExprError, evaluate, render_template, short_repr, suggest
 from .infer import MERGES, InferError, fmt, infer_node
 from .ir import INPUT, Container, Graph, IRNode
-from .schema import RESERVED, BlockCall, BlockTemplate, Group, NodeBase, SpecModel
+from .schema import RESERVED, BlockCall, BlockTemplate, Group, NodeBase, Reuse, SpecModel
 
 PathKey = tuple[str | int, ...]
 
@@ -68,6 +68,7 @@ class Scope:
     is_group: bool = False
     used_names: set[str] = field(default_factory=set)
     declared: set[str] = field(default_factory=set)
+    ops: dict[str, str] = field(default_factory=dict)  # op nodes built always: local -> id
 
     def child_id(self, local: str) -> str:
         return f"{self.prefix}.{local}" if self.prefix else local
@@ -93,6 +94,7 @@ class Expander:
         self.locate = locate
         self.sink = sink
         self.nodes: list[IRNode] = []
+        self.by_id: dict[str, IRNode] = {}
         self.shapes: dict[str, tuple[int, ...] | None] = {}
         self.containers: dict[str, Container] = {}
         self.params = 0
@@ -170,6 +172,8 @@ class Expander:
         for node in reversed(self.nodes):
             if node.id in live:
                 live.update(node.inputs)
+                if node.shares is not None:  # its weights live in the node it reuses
+                    live.add(node.shares)
         dead: dict[tuple[Location, str], list[str]] = {}
         for node in self.nodes:
             if node.id not in live and node.id not in self.conditional:
@@ -192,6 +196,8 @@ class Expander:
         nodes = [n for n in self.nodes if n.id in live]
         seen: dict[str, str] = {}
         for node in nodes:
+            if node.shares is not None:
+                continue  # the layer of the node it reuses, under its name
             for backend, name in node.names.items():
                 other = seen.setdefault(f"{backend}:{name}", node.id)
                 if other != node.id:
@@ -266,7 +272,11 @@ class Expander:
         default = (
             node.block
             if isinstance(node, BlockCall)
-            else (node.group if isinstance(node, Group) else node.op)
+            else (
+                node.group
+                if isinstance(node, Group)
+                else (node.reuse if isinstance(node, Reuse) else node.op)
+            )
         )
         local = (
             node.group if isinstance(node, Group) else self._local_name(node, scope, index, default)
@@ -301,10 +311,14 @@ class Expander:
             out = self.expand_call(node, path, scope, refs, local)
         elif isinstance(node, Group):
             out = self.expand_group(node, path, scope, refs)
+        elif isinstance(node, Reuse):
+            out = self.expand_reuse(node, path, scope, refs, local)
         else:
             out = self.expand_op(node, path, scope, refs, local)
             if out is not None and node.when is not None:
                 self.conditional.add(out)
+            elif out is not None and len(refs) == 1 and node.op not in MERGES:
+                scope.ops[local] = out
         scope.locals[local] = out
         return out
 
@@ -398,7 +412,7 @@ class Expander:
             )
         names = self._render_names(node, path, scope.env)
         names["keras"] = scope.keras_name(names.get("keras", local))
-        self.nodes.append(
+        self._append(
             IRNode(
                 id=node_id,
                 op=op,
@@ -415,6 +429,82 @@ class Expander:
             )
         )
         self.shapes[node_id] = result.shape
+        return node_id
+
+    def _append(self, node: IRNode) -> None:
+        self.nodes.append(node)
+        self.by_id[node.id] = node
+
+    def expand_reuse(
+        self, node: Reuse, path: PathKey, scope: Scope, refs: list[str], local: str
+    ) -> str | None:
+        """Apply an earlier op node of the same body again: its attributes and weights, a new
+        input (whose shape must fit the weights)."""
+        name = node.reuse
+        if scope.is_group:
+            self.error(path, "reuse inside a group is not supported: a group is sequential")
+            return None
+        for key in ("when", "otherwise"):
+            if getattr(node, key) is not None:
+                self.error((*path, key), f"a reuse node cannot have '{key}'")
+                return None
+        if node.names:
+            self.error((*path, "names"), "a reuse node has the names of the node it reuses")
+            return None
+        if len(refs) != 1:
+            self.error((*path, "inputs"), "a reuse node takes one input")
+            return None
+        if name not in scope.ops:
+            if name in scope.locals:
+                message = (
+                    f"{name!r} is not an op node built in every instance: reuse applies a "
+                    "single-input op node (conv, bn, linear, an activation, ...) without "
+                    "'when' again, not a block call, group or merge"
+                )
+            elif name in scope.declared:
+                message = f"{name!r} is defined later; reuse an earlier node"
+            else:
+                message = f"unknown node {name!r}{suggest(name, scope.ops)}"
+            self.error((*path, "reuse"), message)
+            return None
+        target = self.by_id[scope.ops[name]]
+        shape = self.shapes[refs[0]]
+        if shape is None:
+            return None
+        try:
+            result = infer_node(target.op, dict(target.attrs), [self._display(refs[0])], [shape])
+        except InferError as exc:
+            self.error(path, f"reuse of {name!r}: {exc}", where=scope.prefix)
+            return None
+        source = self.shapes.get(target.inputs[0])
+        if result.params != target.params or result.stats != target.stats:
+            self.error(
+                (*path, "inputs"),
+                f"the weights of {name!r} ({target.op} on {fmt(source or ())}) do not fit "
+                f"an input of {fmt(shape)}",
+                where=scope.prefix,
+            )
+            return None
+        node_id = scope.child_id(local)
+        self._append(
+            IRNode(
+                id=node_id,
+                op=target.op,
+                attrs=target.attrs,
+                inputs=tuple(refs),
+                shape=result.shape,
+                params=0,
+                stats=0,
+                macs=result.macs,
+                names=dict(target.names),
+                containers=scope.containers,
+                location=self.locate(path),
+                spec_path=format_path(path),
+                shares=target.shares or target.id,
+            )
+        )
+        self.shapes[node_id] = result.shape
+        scope.ops[local] = node_id
         return node_id
 
     def _display(self, ref: str) -> str:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from .attrs import BUILTIN_DEFAULTS
 from .codegen import liveness, local_name, when_source
 from .errors import format_path
-from .schema import BlockCall, Group, SpecModel
+from .schema import BlockCall, Group, Reuse, SpecModel
 
 TARGETS = ("conv", "linear")
 NONLINEAR = {
@@ -113,7 +113,7 @@ class _Entry:
 
 def _op(node: Any) -> str | None:
     """The op of a primitive node; None for block calls and groups."""
-    return None if isinstance(node, BlockCall | Group) else node.op
+    return None if isinstance(node, BlockCall | Group | Reuse) else node.op
 
 
 def _zero_padding(node: Any) -> bool:
@@ -178,7 +178,12 @@ def _plan_body(
         if in_group
         else liveness(
             (
-                (e.local, e.inputs, e.node.otherwise or e.inputs[0], when_source(e.node))
+                (
+                    e.local,
+                    [*e.inputs, e.node.reuse] if isinstance(e.node, Reuse) else e.inputs,
+                    e.node.otherwise or e.inputs[0],
+                    when_source(e.node),
+                )
                 for e in entries
             ),
             output or entries[-1].local,
@@ -198,6 +203,8 @@ def _plan_body(
     bns = [k for k, e in enumerate(entries) if _op(e.node) == "bn"]
     absorbed: set[int] = set()
     decided: dict[int, Kept | Fold] = {}
+    after_reasons: dict[int, str | None] = {}
+    shared = {e.node.reuse for e in entries if isinstance(e.node, Reuse)}
     # folds after a conv first (always exact), then before the next conv where exact
     for side in ("after", "before"):
         for k in bns:
@@ -212,6 +219,12 @@ def _plan_body(
                 target = source
             else:
                 reason, target = _before_reason(entry, entries, readers, k)
+            if reason is None and entry.local in shared:
+                reason = "it is reused: its layer runs on another input too"
+            if reason is None and target is not None and entries[target].local in shared:
+                reason = f"{_describe(entries[target], '')} is reused on another input"
+            if side == "after":
+                after_reasons[k] = reason
             if reason is None and not isinstance(eps, int | float):
                 reason = "its eps is an expression"
             if reason is None and target in absorbed:
@@ -228,7 +241,7 @@ def _plan_body(
                     entries[target].local,
                 )
             elif side == "before":
-                after = _after_reason(entry, source_entry, readers)
+                after = after_reasons.get(k) or _after_reason(entry, source_entry, readers)
                 label = f"{entry.local} of {where}"
                 decided[k] = Kept(spec_path[k], f"{after}; {reason}", label)
     for decision in decided.values():
@@ -313,7 +326,7 @@ def fold_report(spec: Any, plan: FoldPlan | None = None) -> list[FoldReportRow]:
             readers[name].append(node.id)
     rows = []
     for node in graph.nodes:
-        if node.op != "bn":
+        if node.op != "bn" or node.shares is not None:  # a reuse applies the BN it names
             continue
         fold = plan.folds.get(node.spec_path)
         if fold is None:

@@ -49,6 +49,8 @@ def _vertices(
             continue
         owner[node.id] = node.id
         symbol = MERGE_STYLE[node.op][3] if node.op in MERGE_STYLE else node.op
+        if node.shares is not None:
+            symbol += f" (weights of {node.shares})"
         label = f"{node.id}<br/>{symbol} {fmt(node.shape)}"
         vertices[node.id] = _Vertex(node.id, label, node.op, cluster)
     edges: list[tuple[str, str]] = []

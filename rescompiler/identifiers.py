@@ -57,6 +57,7 @@ for _helper in (
     "ChannelPad",
     "GlobalPool",
     "PaddedConv2d",
+    "Reduce",
     "PaddedMaxPooling2D",
     "PaddedAveragePooling2D",
     "DilatedConv2DTranspose",

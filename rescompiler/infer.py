@@ -128,6 +128,11 @@ def _global_pool(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     return OpResult((c, 1, 1) if a["keepdims"] else (c,))
 
 
+def _reduce(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
+    c, h, w = _feature_map(shapes, f"a reduction over {a['axis']}")
+    return OpResult((1, h, w) if a["axis"] == "channels" else (c, 1, 1))
+
+
 def _zeropad(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     c, h, w = _feature_map(shapes, "zeropad")
     t, b, left, r = a["padding"]
@@ -212,6 +217,8 @@ SHAPE_RULES: dict[str, Callable[[dict[str, Any], Sequence[Shape]], OpResult]] = 
     "avgpool": _pool,
     "global_avgpool": _global_pool,
     "global_maxpool": _global_pool,
+    "mean": _reduce,
+    "max": _reduce,
     "zeropad": _zeropad,
     "crop": _crop,
     "crop_to": _match_size("crop_to"),

@@ -32,6 +32,7 @@ class IRNode:
     containers: tuple[str, ...]
     location: Location
     spec_path: str
+    shares: str | None = None  # id of the node whose layer (and weights) this one applies
 
     @property
     def local_name(self) -> str:

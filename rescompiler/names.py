@@ -17,7 +17,19 @@ from .expr import ExprError, parse_expr, suggest, template_parts
 from .schema import INIT_NAMES, BlockCall, Group, NodeBase, SpecModel
 
 PathKey = tuple[str | int, ...]
-NOT_EXPRESSIONS = {"name", "inputs", "otherwise", "doc", "op", "block", "group", "mode", "names"}
+NOT_EXPRESSIONS = {
+    "name",
+    "inputs",
+    "otherwise",
+    "doc",
+    "op",
+    "block",
+    "group",
+    "mode",
+    "axis",
+    "names",
+    "reuse",
+}
 KEYWORD_VALUES = {"padding": {"same", "valid"}}
 STAGE_NAMES = frozenset({"i", "n"})
 

@@ -244,7 +244,7 @@ def validation_diagnostics(exc: ValidationError, doc: LoadedDocument) -> list[Di
             message = unknown_op_message(op)
             path = (*path, "op")
         elif kind == "union_tag_not_found":
-            message = "a node needs 'op' (e.g. op: conv), 'block' or 'group'"
+            message = "a node needs 'op' (e.g. op: conv), 'block', 'group' or 'reuse'"
         elif kind == "string_pattern_mismatch":
             message = (
                 f"{err['input']!r} is not a valid name "

@@ -253,6 +253,21 @@ class Merge(NodeBase):
     op: Literal["add", "concat", "mul"]
 
 
+class Reduce(NodeBase):
+    """Mean or max over the channel axis (a C×H×W map becomes 1×H×W, CBAM's spatial attention)
+    or over space (C×1×1, the squeeze of squeeze-and-excitation); the axis is kept."""
+
+    op: Literal["mean", "max"]
+    axis: Literal["channels", "spatial"]
+
+
+class Reuse(NodeBase):
+    """Apply an earlier op node of the same body again, with the same weights, to another input
+    (shared weights: CBAM's channel MLP runs on the average- and on the max-pooled vector)."""
+
+    reuse: Ident = Field(description="name of an earlier op node of this body")
+
+
 class BlockCall(NodeBase):
     """Use a block template; with ``repeat`` it is a stage of blocks chained one after another."""
 
@@ -285,6 +300,8 @@ def _node_tag(value: Any) -> str | None:
             return "<block>"
         if "group" in value:
             return "<group>"
+        if "reuse" in value:
+            return "<reuse>"
         return value.get("op") if isinstance(value.get("op"), str) else None
     for tag, cls in NODE_TAGS.items():
         if isinstance(value, cls):
@@ -310,8 +327,13 @@ OP_MODELS: tuple[type[NodeBase], ...] = (
     ChannelPad,
     Upsample,
     Merge,
+    Reduce,
 )
-NODE_TAGS: dict[str, type[NodeBase]] = {"<block>": BlockCall, "<group>": Group}
+NODE_TAGS: dict[str, type[NodeBase]] = {
+    "<block>": BlockCall,
+    "<group>": Group,
+    "<reuse>": Reuse,
+}
 for _model in OP_MODELS:
     for _op in _model.model_fields["op"].annotation.__args__:  # type: ignore[union-attr]
         NODE_TAGS[_op] = _model
@@ -349,6 +371,9 @@ Node = Annotated[
     | Annotated[Merge, Tag("add")]
     | Annotated[Merge, Tag("concat")]
     | Annotated[Merge, Tag("mul")]
+    | Annotated[Reduce, Tag("mean")]
+    | Annotated[Reduce, Tag("max")]
+    | Annotated[Reuse, Tag("<reuse>")]
     | Annotated[BlockCall, Tag("<block>")]
     | Annotated[Group, Tag("<group>")],
     Discriminator(_node_tag),

@@ -98,5 +98,15 @@ def summarize(spec: Any, overrides: dict[str, Any] | None = None) -> Summary:
     if not isinstance(spec, Spec):
         spec = load_spec(os.fspath(spec), overrides)
     graph = spec.graph
-    rows = tuple(SummaryRow(n.id, n.op, n.shape, n.params, n.stats, n.macs) for n in graph.nodes)
+    rows = tuple(
+        SummaryRow(
+            n.id,
+            n.op if n.shares is None else f"{n.op} (weights of {n.shares})",
+            n.shape,
+            n.params,
+            n.stats,
+            n.macs,
+        )
+        for n in graph.nodes
+    )
     return Summary(spec.name, graph.input_shape, rows, graph.params, graph.stats, graph.macs)

@@ -36,6 +36,11 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
     "preact_resnet1001": (10_327_706, False),
     "unet": (31_037_698, False),
     "unet_original": (31_030_658, False),
+    "resnet50d": (25_576_264, False),
+    "resnet26d": (16_014_408, False),
+    "seresnet50": (28_088_024, False),
+    "seresnext50_32x4d": (27_559_896, False),
+    "cbam_resnet50": (28_073_576, False),
 }
 TORCHVISION = [
     "resnet18",
@@ -50,6 +55,8 @@ TORCHVISION = [
     "densenet169",
     "densenet201",
 ]
+# timm models (timm counts parameters only); each spec's reference is timm.<name>
+TIMM = ["resnet50d", "resnet26d", "seresnet50", "seresnext50_32x4d"]
 # small inputs that keep the suite fast but still exercise every layer
 SMALL_INPUT: dict[str, list[int]] = {
     "d2l_resnet18": [1, 64, 64],

@@ -427,6 +427,25 @@ SINGLE_OPS: dict[str, list[str]] = {
     "avgpool_ceil_mode_exclude_pad": [
         "{op: avgpool, kernel: 3, stride: 2, padding: 1, count_include_pad: false, ceil_mode: true}"
     ],
+    "channel_and_spatial_reductions": [
+        "{op: mean, axis: channels, name: cm}",
+        "{op: max, axis: channels, name: cx, inputs: input}",
+        "{op: mean, axis: spatial, name: sm, inputs: input}",
+        "{op: max, axis: spatial, name: sx, inputs: input}",
+        "{op: mul, name: gated, inputs: [input, cm]}",
+        "{op: mul, name: gated2, inputs: [gated, cx]}",
+        "{op: mul, name: gated3, inputs: [gated2, sm]}",
+        "{op: mul, inputs: [gated3, sx]}",
+    ],
+    "reuse_shared_conv_and_bn": [
+        "{op: conv, name: c, out: 4, kernel: 3, padding: 1}",
+        "{op: bn, name: b}",
+        "{op: relu, name: r}",
+        "{reuse: c}",
+        "{reuse: b}",
+        "{reuse: r, name: again}",
+        "{op: add, inputs: [r, again]}",
+    ],
     "softmax_over_channels": ["{op: softmax}"],
     "global_max_keepdims": ["{op: global_maxpool, keepdims: true}"],
     "global_avg_linear": [

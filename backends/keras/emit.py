@@ -53,7 +53,15 @@ from rescompiler.fold import Fold, FoldPlan, fold_notes, plan_folds
 from rescompiler.identifiers import MODULE_GLOBALS
 from rescompiler.ir import INPUT
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
-from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase, SpecModel
+from rescompiler.schema import (
+    INIT_NAMES,
+    BlockCall,
+    BlockTemplate,
+    Group,
+    NodeBase,
+    Reuse,
+    SpecModel,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 ACTIVATIONS = {
@@ -76,6 +84,7 @@ HELPERS = (
     "ChannelPad",
     "FoldedConv2D",
     "FoldedDense",
+    "Reduce",
 )
 MODULE_NAMES = ("keras", "layers", "build", "initializer", "DEFAULTS", "INPUT_SHAPE", "Any")
 MODULE_EXTRA = (
@@ -174,7 +183,7 @@ def node_reads(node: Any) -> set[str]:
     if isinstance(node, Group):
         return names
     for key in type(node).model_fields:
-        if key in NodeBase.model_fields or key == "op":
+        if key in NodeBase.model_fields or key in ("op", "reuse", "axis", "mode"):
             continue
         value = getattr(node, key)
         if key == "init":
@@ -387,6 +396,8 @@ class BodyEmitter:
             self.bound.setdefault(var, set()).add(name)
         plans = self.plan(body, set(inputs), first)
         self.siblings = {p.local: p.node for p in plans}
+        self.reused = {p.node.reuse for p in plans if isinstance(p.node, Reuse)}
+        self.layers: dict[str, list[str]] = {}  # layers of reused nodes, kept in variables
         out_local = output if output is not None else plans[-1].local
         for index, p in enumerate(plans):
             for name in [*p.inputs, p.alt]:
@@ -477,6 +488,9 @@ class BodyEmitter:
             self.emit_group(node, path, indent, in_vars, var)
         elif isinstance(node, BlockCall):
             self.emit_call(node, local, path, indent, in_vars, var)
+        elif isinstance(node, Reuse):  # the layers of an earlier node, called again
+            for k, layer in enumerate(self.layers[node.reuse]):
+                self.line(indent, f"{var} = {layer}({in_vars[0] if k == 0 else var})")
         else:
             self.emit_op(node, local, path, indent, in_vars, var)
 
@@ -605,6 +619,12 @@ class BodyEmitter:
             if suffix is not None:
                 self.m.aux.append((format_path(path), suffix))
             ctor = Call(callee, (*args, f"name={render_name(layer_name)}"))
+            if local in getattr(self, "reused", ()):  # kept to be called again
+                layer = self.fn.ns.create(f"{local}_layer")
+                self.fn.lines += layout(indent, f"{layer} = ", ctor)
+                self.line(indent, f"{var} = {layer}({arg if k == 0 else var})")
+                self.layers.setdefault(local, []).append(layer)
+                continue
             self.apply(indent, var, ctor, arg if k == 0 else var)
 
     def constructors(
@@ -677,6 +697,10 @@ class BodyEmitter:
             )
             args = [] if node.keepdims is False else [f"keepdims={src(node.keepdims)}"]
             return [(None, callee, args)]
+        if op in ("mean", "max"):
+            self.m.helpers.add("Reduce")
+            axis = "-1" if node.axis == "channels" else "(1, 2)"
+            return [(None, "Reduce", [json.dumps(op), axis])]
         if op == "zeropad":
             return [(None, "layers.ZeroPadding2D", [self.pad4(node.padding)])]
         if op == "crop":

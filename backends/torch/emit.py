@@ -41,7 +41,7 @@ from rescompiler.identifiers import (
 from rescompiler.infer import MERGES
 from rescompiler.ir import IRNode
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
-from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase
+from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase, Reuse
 
 TEMPLATES = Path(__file__).parent / "templates"
 ACTIVATIONS = {
@@ -56,7 +56,16 @@ ACTIVATIONS = {
     "identity": "nn.Identity",
     "flatten": "nn.Flatten",
 }
-HELPERS = ("Crop", "CropTo", "PadTo", "Subsample", "ChannelPad", "GlobalPool", "PaddedConv2d")
+HELPERS = (
+    "Crop",
+    "CropTo",
+    "PadTo",
+    "Subsample",
+    "ChannelPad",
+    "GlobalPool",
+    "PaddedConv2d",
+    "Reduce",
+)
 TORCH_DEFAULT_INIT = {("bn", "weight"): "ones", ("bn", "bias"): "zeros"}
 BUILTIN_DEFAULTS = {"bias": True, "eps": 1e-5, "momentum": 0.1}
 # ops whose output is a new tensor that no backward pass reads: the only reader of such a value
@@ -96,7 +105,7 @@ class Scope:
 
 def owned_by_reader(node: Any, inputs: int = 1) -> bool:
     """A node makes a new tensor that its backward does not read (see OWNED_OUTPUT)."""
-    if isinstance(node, BlockCall | Group) or node.when is not None:
+    if isinstance(node, BlockCall | Group | Reuse) or node.when is not None:
         return False
     return node.op in OWNED_OUTPUT or (node.op in ("add", "mul") and inputs > 1)
 
@@ -259,6 +268,11 @@ class BodyEmitter:
                 return "nn.AdaptiveAvgPool2d(1)", cin
             self.s.helpers.add("GlobalPool")
             return Call("GlobalPool", (json.dumps(kind), f"keepdims={py(node.keepdims)}")), cin  # type: ignore[attr-defined]
+        if op in ("mean", "max"):
+            self.s.helpers.add("Reduce")
+            over_channels = node.axis == "channels"  # type: ignore[attr-defined]
+            dim = "1" if over_channels else "(2, 3)"
+            return Call("Reduce", (json.dumps(op), dim)), "1" if over_channels else cin
         if op == "zeropad":
             t, b, left, r = self.pad4(node.padding)  # type: ignore[attr-defined]
             return Call("nn.ZeroPad2d", (f"({left}, {r}, {t}, {b})",)), cin
@@ -359,10 +373,16 @@ class BodyEmitter:
         self.reach = [True] * len(plan)  # where each node's value is used (liveness)
         if not self.in_group:
             self.reach = liveness(
-                ((local, names, alt, when_source(node)) for node, local, names, alt in plan),
+                (  # a reuse node needs the module of the node it reuses
+                    (local, [*names, node.reuse] if isinstance(node, Reuse) else names, alt, w)
+                    for (node, local, names, alt), w in zip(
+                        plan, (when_source(entry[0]) for entry in plan), strict=True
+                    )
+                ),
                 out_local,
             )
         self.index_of = {local: index for index, (_n, local, _names, _alt) in enumerate(plan)}
+        self.reused = {node.reuse for node, *_ in plan if isinstance(node, Reuse)}
         self.readers: dict[str, list[int]] = {out_local: [len(body)]}
         for index, (node, _local, names, _alt) in enumerate(plan):
             for name in [*names, *([node.otherwise] if node.otherwise is not None else [])]:
@@ -501,6 +521,13 @@ class BodyEmitter:
         ):
             names = [names[1], names[0]]  # add into the operand that may be overwritten
         in_vars = [self.vars[n] for n in names]
+        if isinstance(node, Reuse):  # the module of an earlier node, applied again
+            if cond is not None:
+                raise self.fail(index, "torch: a reuse node used only in some instances")
+            var, _ = self.choose_var(index, local, names, False)
+            self.s.forward += layout(8, f"{var} = ", Call(self.attr_ref(node.reuse), (in_vars[0],)))
+            self.vars[local], self.channels[local] = var, self.channels[node.reuse]
+            return
         if op in MERGES:
             if self.owner != "self":  # the front end keeps merges out of groups
                 raise self.fail(index, f"{op} inside a group is not supported by torch")
@@ -607,7 +634,9 @@ class BodyEmitter:
             return self.emit_block_call(node, index, local, indent, names)
         if isinstance(node, Group):
             return self.emit_group(node, index, local, indent, cin)
-        inplace = node.op == "relu" and self.may_overwrite(index, names[0])
+        inplace = (
+            node.op == "relu" and self.may_overwrite(index, names[0]) and local not in self.reused
+        )
         ctor, out = self.constructor(node, index, cin, inplace=inplace)
         self.s.init += self.assign(indent, local, ctor)
         self.s.init += self.init_lines(indent, node, self.attr_ref(local))
@@ -730,6 +759,8 @@ class BodyEmitter:
 
 def has_params(node: Any) -> bool:
     """A body node may hold parameters or buffers (its position in a group matters)."""
+    if isinstance(node, Reuse):
+        return False  # its weights are the reused node's
     return isinstance(node, BlockCall | Group) or node.op in (
         "conv",
         "conv_transpose",
