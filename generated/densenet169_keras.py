@@ -54,6 +54,8 @@ def initializer(name: str, fan_in: int | None = None) -> keras.initializers.Init
         return init.VarianceScaling(2.0, "fan_in", "uniform")
     if name == "glorot_normal":
         return init.VarianceScaling(1.0, "fan_avg", "untruncated_normal")
+    if name == "trunc_normal_002":  # torch cuts at +-2 (100 std), Keras at 2 std: near enough
+        return init.TruncatedNormal(stddev=0.02)
     return init.get(name)
 
 

@@ -34,6 +34,7 @@ INITIALISERS = {
     ),
     "glorot_uniform": nn.init.xavier_uniform_,
     "glorot_normal": nn.init.xavier_normal_,
+    "trunc_normal_002": lambda t: nn.init.trunc_normal_(t, std=0.02),
     "zeros": nn.init.zeros_,
     "ones": nn.init.ones_,
     "torch_default": lambda t: t,

@@ -17,9 +17,11 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "conv_transpose": {"bias": True},
     "linear": {"bias": True},
     "bn": {"eps": 1e-5, "momentum": 0.1},
+    "layernorm": {"eps": 1e-5},
+    "groupnorm": {"eps": 1e-5},
 }
 COMMON_FIELDS = set(NodeBase.model_fields) | {"op"}
-LITERAL_FIELDS = {"mode", "axis"}  # names from a fixed list, not expressions
+LITERAL_FIELDS = {"mode", "axis", "to"}  # words from a fixed list, not expressions
 
 
 class AttrError(ValueError):
@@ -142,6 +144,8 @@ RULES: dict[str, FieldRule] = {
     "crop": _pad4,
     "mode": lambda v, f: v,
     "axis": lambda v, f: v,
+    "to": lambda v, f: v,
+    "value": _float,
 }
 PAIR_PADDING_OPS = {"maxpool", "avgpool", "conv_transpose"}
 

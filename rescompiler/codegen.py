@@ -15,21 +15,8 @@ from typing import Any
 
 from .expr import ExprError, evaluate, parse_expr, template_parts
 from .pytext import docstring, literal, printable
-from .schema import BlockCall, BlockTemplate, Group, NodeBase, Reuse, SpecModel
+from .schema import NOT_EXPRESSIONS, BlockCall, BlockTemplate, Group, NodeBase, Reuse, SpecModel
 
-NOT_EXPRESSIONS = {
-    "name",
-    "inputs",
-    "otherwise",
-    "doc",
-    "op",
-    "block",
-    "group",
-    "mode",
-    "axis",
-    "names",
-    "reuse",
-}
 KEYWORDS = {"same", "valid"}
 
 
@@ -196,6 +183,57 @@ def walk(body: Iterable[Any]) -> Iterable[Any]:
             yield from walk(node.body)
 
 
+def named_outputs(model: SpecModel) -> dict[str, str]:
+    """The model's named outputs, output name -> node name; empty for one output."""
+    raw = model.outputs
+    if raw is None:
+        return {}
+    return dict(raw) if isinstance(raw, dict) else {name: name for name in raw}
+
+
+COUNTERS = ("block_index", "block_count")  # what the stages of the model body may read
+
+
+def model_stages(
+    body: Iterable[Any], whens: tuple[Any, ...] = ()
+) -> Iterable[tuple[BlockCall, tuple[Any, ...]]]:
+    """The stages (``repeat``) of the model body, groups included, each with the ``when``s
+    that switch it (its own and its groups')."""
+    for node in body:
+        own = whens if node.when is None else (*whens, node.when)
+        if isinstance(node, Group):
+            yield from model_stages(node.body, own)
+        elif isinstance(node, BlockCall) and node.repeat is not None:
+            yield node, own
+
+
+def counters_read(model: SpecModel) -> set[str]:
+    """Which of ``block_index``/``block_count`` the model body's stages read."""
+    found: set[str] = set()
+    for node, _whens in model_stages(model.body):
+        found |= set().union(*(value_names(v) for v in node.args.values()), set())
+        found |= template_names(node.child_name) | (
+            set().union(*(template_names(t) for t in node.names.values()), set())
+        )
+    return found & set(COUNTERS)
+
+
+def block_count_source(model: SpecModel, translate: Callable[[Any], str] = py) -> str:
+    """Source of ``block_count``: the blocks of every stage of the model body that is built."""
+    terms = []
+    for node, whens in model_stages(model.body):
+        if any(w is False for w in whens):
+            continue
+        term = translate(node.repeat)
+        conditions = [translate(w) for w in whens if w is not True]
+        if conditions:
+            term = f"({term} if {' and '.join(f'({c})' for c in conditions)} else 0)"
+        elif not re.fullmatch(r"[\w.\[\]]+", term):
+            term = f"({term})"
+        terms.append(term)
+    return " + ".join(terms) or "0"
+
+
 def global_names(
     spec: SpecModel,
     init_names: Iterable[str] = (),
@@ -288,7 +326,7 @@ def local_name(node: Any, index: int, taken: Container[str], in_group: bool = Fa
     """A body node's local name as the expander gives it: its group or ``name``, its position
     inside a group, else its op (or block) with the first free ``_k`` suffix."""
     if isinstance(node, Group):
-        return node.group
+        return str(node.group)
     if node.name:
         return node.name
     if in_group:
@@ -389,7 +427,7 @@ def negation(a: Condition) -> Condition:
 
 
 def liveness(
-    entries: Iterable[tuple[str, list[str], str, Condition | None]], output: str
+    entries: Iterable[tuple[str, list[str], str, Condition | None]], output: str | list[str]
 ) -> list[Condition]:
     """Where each node of a body reaches the body's ``output``: True, False (never: the front
     end drops it and warns) or a condition over the params. ``entries`` gives, per node in
@@ -397,7 +435,8 @@ def liveness(
     (None: always on). The expander decides the same per block instance; an emitter that
     writes one class per template builds a node only where this holds."""
     rows = list(entries)
-    reach: dict[str, list[Condition]] = {output: [True]}
+    outputs = [output] if isinstance(output, str) else output
+    reach: dict[str, list[Condition]] = {name: [True] for name in outputs}
     live: list[Condition] = [False] * len(rows)
     for k in range(len(rows) - 1, -1, -1):
         local, inputs, alt, when = rows[k]

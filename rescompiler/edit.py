@@ -87,14 +87,18 @@ def local_names(body: list[Any], inputs: list[str], in_group: bool = False) -> l
     for index, raw in enumerate(body):
         node = raw if isinstance(raw, dict) else {}
         group, name = node.get("group"), node.get("name")
-        if isinstance(group, str):
-            local = group
+        if isinstance(group, str) or (isinstance(group, int) and not isinstance(group, bool)):
+            local = str(group)
         elif isinstance(name, str):
             local = name
         elif in_group:
             local = str(index)
         else:
-            default = node.get("block") if "block" in node else node.get("op")
+            default = (
+                node.get("block")
+                if "block" in node
+                else (node.get("reuse") if "reuse" in node else node.get("op"))
+            )
             default = default if isinstance(default, str) else "node"
             k = next_k.get(default, 0)
             local = default if k == 0 else f"{default}_{k}"

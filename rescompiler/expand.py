@@ -34,6 +34,29 @@ MAX_ACTIVATION = _cap("RESCOMPILER_MAX_ACTIVATION", 4_000_000_000)
 # Block args, param defaults, lets and backend names evaluated over all instances.
 MAX_EVALUATIONS = _cap("RESCOMPILER_MAX_EVALUATIONS", 2_000_000)
 MAX_NESTING = 32  # blocks inside blocks and groups inside groups, counted together
+CHANNELS_FIRST, CHANNELS_LAST = "channels_first", "channels_last"
+# ops that act on a channels-last map as on a channels-first one (per position or per channel)
+LAYOUT_FREE = frozenset(
+    {
+        "relu",
+        "relu6",
+        "sigmoid",
+        "tanh",
+        "gelu",
+        "silu",
+        "hardswish",
+        "hardsigmoid",
+        "leaky_relu",
+        "identity",
+        "dropout",
+        "drop_path",
+        "layernorm",
+        "layer_scale",
+        "linear",
+        "add",
+        "mul",
+    }
+)
 
 CHILD_NAME = re.compile(r"(0|[1-9][0-9]*|[A-Za-z][A-Za-z0-9_]*)")
 BACKEND_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -96,6 +119,7 @@ class Expander:
         self.nodes: list[IRNode] = []
         self.by_id: dict[str, IRNode] = {}
         self.shapes: dict[str, tuple[int, ...] | None] = {}
+        self.layouts: dict[str, str] = {}  # node id -> layout of its output (default first)
         self.containers: dict[str, Container] = {}
         self.params = 0
         self.conditional: set[str] = set()
@@ -117,6 +141,7 @@ class Expander:
         """Expand the model body; returns None when errors were recorded."""
         self.shapes[INPUT] = input_shape
         self.check_block_defaults()
+        self.block_index, self.block_count = 0, self._count_stage_blocks(self.spec.body)
         scope = Scope("", "", (), self.globals, {INPUT: INPUT})
         try:
             output = self.expand_body(self.spec.body, ("body",), scope, [INPUT])
@@ -125,15 +150,68 @@ class Expander:
         except RecursionError:  # a last resort: nesting is bounded by MAX_NESTING
             self.error(("body",), "the spec is nested too deeply to expand")
             return None
-        if self.sink.errors or output is None:
+        outputs = self._outputs(scope) if self.spec.outputs is not None else {}
+        if output is not None and not outputs and self.layouts.get(output) == CHANNELS_LAST:
+            self.error(
+                ("body", len(self.spec.body) - 1),
+                "the model's output is a channels-last map: end with "
+                "{op: permute, to: channels_first}",
+            )
+        if self.sink.errors or output is None or outputs is None:
             return None
+        if outputs:
+            output = list(outputs.values())[-1]
         return Graph(
             self.spec.name,
             input_shape,
-            tuple(self._live_nodes(output)),
+            tuple(self._live_nodes(list(outputs.values()) or [output])),
             output,
             self.containers,
+            outputs,
         )
+
+    def _outputs(self, scope: Scope) -> dict[str, str] | None:
+        """The named outputs: output name -> node id (None after an error)."""
+        raw = self.spec.outputs
+        pairs = list(raw.items()) if isinstance(raw, dict) else [(n, n) for n in raw or []]
+        found: dict[str, str] = {}
+        ok = True
+        for key, name in pairs:
+            path: PathKey = ("outputs", key) if isinstance(raw, dict) else ("outputs",)
+            if name not in scope.locals:
+                self.error(
+                    path, f"unknown node {name!r} of the model body{suggest(name, scope.locals)}"
+                )
+                ok = False
+                continue
+            node_id = scope.locals[name]
+            if node_id is None:
+                ok = False
+                continue
+            if node_id == INPUT:
+                self.error(path, f"output {key!r} is the model input")
+                ok = False
+            elif self.layouts.get(node_id) == CHANNELS_LAST:
+                self.error(path, f"output {key!r} is a channels-last map: permute it back")
+                ok = False
+            found[key] = node_id
+        return found if ok else None
+
+    def _count_stage_blocks(self, body: list[Any]) -> int:
+        """Blocks of the stages (``repeat``) of the model body, groups included, that are
+        built: what ``block_count`` is (a mistake in a count is reported where it is)."""
+        total = 0
+        for node in body:
+            try:
+                on = node.when is None or evaluate(node.when, self.globals) is True
+                if on and isinstance(node, Group):
+                    total += self._count_stage_blocks(node.body)
+                elif on and isinstance(node, BlockCall) and node.repeat is not None:
+                    count = evaluate(node.repeat, self.globals)
+                    total += count if isinstance(count, int) and count > 0 else 0
+            except ExprError:
+                continue
+        return total
 
     def check_block_defaults(self) -> None:
         """Evaluate every block param default against the model's params and lets, so a bad
@@ -167,8 +245,8 @@ class Expander:
                 "RESCOMPILER_MAX_NODES",
             )
 
-    def _live_nodes(self, output: str) -> list[IRNode]:
-        live = {output}
+    def _live_nodes(self, outputs: list[str]) -> list[IRNode]:
+        live = set(outputs)
         for node in reversed(self.nodes):
             if node.id in live:
                 live.update(node.inputs)
@@ -273,13 +351,15 @@ class Expander:
             node.block
             if isinstance(node, BlockCall)
             else (
-                node.group
+                str(node.group)
                 if isinstance(node, Group)
                 else (node.reuse if isinstance(node, Reuse) else node.op)
             )
         )
         local = (
-            node.group if isinstance(node, Group) else self._local_name(node, scope, index, default)
+            str(node.group)
+            if isinstance(node, Group)
+            else self._local_name(node, scope, index, default)
         )
         if (local in scope.locals and local != INPUT) or local in scope.used_names:
             self.error((*path, "name"), f"name {local!r} is used twice in this body")
@@ -379,6 +459,17 @@ class Expander:
         node_id = scope.child_id(local)
         op = node.op  # type: ignore[attr-defined]
         ref_names = [self._display(r) for r in refs]
+        layout = self._layout(op, attrs, refs, shapes, path, where or node_id)
+        if layout is None:
+            return None
+        if op == "layer_scale" and scope.is_group:
+            self.error(
+                path,
+                "layer_scale inside a group: torch keeps it as a parameter of its block "
+                "(torchvision's layer_scale), which an nn.Sequential cannot hold; put it in "
+                "a block body or the model body",
+            )
+            return None
         try:
             result = infer_node(op, attrs, ref_names, shapes)
         except InferError as exc:
@@ -426,10 +517,57 @@ class Expander:
                 containers=scope.containers,
                 location=self.locate(path),
                 spec_path=format_path(path),
+                layout=layout,
             )
         )
         self.shapes[node_id] = result.shape
+        self.layouts[node_id] = layout
         return node_id
+
+    def _layout(
+        self,
+        op: str,
+        attrs: Mapping[str, Any],
+        refs: list[str],
+        shapes: list[tuple[int, ...]],
+        path: PathKey,
+        where: str,
+    ) -> str | None:
+        """Layout of an op's output (torch's memory order of a C×H×W map); None after an
+        error: a channels-last map feeds only ops that act on it per position or channel."""
+        layouts = {self.layouts.get(r, CHANNELS_FIRST) for r in refs}
+        if len(layouts) > 1:
+            self.error(
+                (*path, "inputs"),
+                f"{op} mixes channels-first and channels-last inputs: permute one of them",
+                where=where,
+            )
+            return None
+        layout = layouts.pop()
+        if op == "permute":
+            if attrs["to"] == layout and len(shapes[0]) == 3:
+                self.error((*path, "to"), f"the input is {layout.replace('_', '-')} already")
+                return None
+            return str(attrs["to"])
+        if layout == CHANNELS_LAST and op not in LAYOUT_FREE:
+            self.error(
+                path,
+                f"{op} needs a channels-first map: put "
+                "{op: permute, to: channels_first} before it",
+                key="layout",
+                where=where,
+            )
+            return None
+        if op == "linear" and len(shapes[0]) == 3 and layout == CHANNELS_FIRST:
+            self.error(
+                path,
+                "linear needs a flat input or a channels-last map: add a flatten (or a global "
+                "pool) first, or {op: permute, to: channels_last} to act on the channels",
+                key="layout",
+                where=where,
+            )
+            return None
+        return layout
 
     def _append(self, node: IRNode) -> None:
         self.nodes.append(node)
@@ -485,6 +623,14 @@ class Expander:
                 where=scope.prefix,
             )
             return None
+        layout = self._layout(target.op, target.attrs, refs, [shape], path, scope.prefix)
+        if layout is None:
+            return None
+        if layout != target.layout:
+            self.error(
+                (*path, "inputs"), f"{name!r} ran on a {target.layout} map, this is {layout}"
+            )
+            return None
         node_id = scope.child_id(local)
         self._append(
             IRNode(
@@ -501,9 +647,11 @@ class Expander:
                 location=self.locate(path),
                 spec_path=format_path(path),
                 shares=target.shares or target.id,
+                layout=layout,
             )
         )
         self.shapes[node_id] = result.shape
+        self.layouts[node_id] = layout
         scope.ops[local] = node_id
         return node_id
 
@@ -517,9 +665,16 @@ class Expander:
     # -- containers --------------------------------------------------------------------
     def expand_group(self, node: Group, path: PathKey, scope: Scope, refs: list[str]) -> str | None:
         """A named sequential container; children are named by position unless named."""
-        group_id = scope.child_id(node.group)
+        if isinstance(node.group, int) and not scope.is_group:
+            self.error(
+                (*path, "group"),
+                "a group is named by a number only inside another group (a child of an "
+                "nn.Sequential); give it a name",
+            )
+            return None
+        group_id = scope.child_id(str(node.group))
         names = self._render_names(node, path, scope.env)
-        keras = scope.keras_name(names.get("keras", node.group))
+        keras = scope.keras_name(names.get("keras", str(node.group)))
         self.containers[group_id] = Container(
             group_id, "group", None, {}, names, self.locate(path), format_path(path)
         )
@@ -609,9 +764,13 @@ class Expander:
         current = list(refs)
         out: str | None = None
         children: dict[str, int] = {}
+        model_level = not self.stack  # its blocks count in block_index and block_count
         for i in range(count):
             self._count_unit(path)
             env = {**scope.env, "i": i, "n": count}
+            if model_level:
+                env |= {"block_index": self.block_index, "block_count": self.block_count}
+                self.block_index += 1
             args = self._args(node, path, template, env)
             try:
                 child = render_template(node.child_name, env)

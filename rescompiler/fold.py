@@ -29,7 +29,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from .attrs import BUILTIN_DEFAULTS
-from .codegen import liveness, local_name, when_source
+from .codegen import liveness, local_name, named_outputs, when_source
 from .errors import format_path
 from .schema import BlockCall, Group, Reuse, SpecModel
 
@@ -151,7 +151,7 @@ def _plan_body(
     path: tuple[str | int, ...],
     visible: set[str],
     first: str,
-    output: str | None,
+    output: str | list[str] | None,
     where: str,
     plan: FoldPlan,
 ) -> None:
@@ -186,7 +186,7 @@ def _plan_body(
                 )
                 for e in entries
             ),
-            output or entries[-1].local,
+            output or entries[-1].local,  # a model's named outputs: a list
         )
     )
     for entry, where_used in zip(entries, reach, strict=True):
@@ -197,7 +197,8 @@ def _plan_body(
             readers[name].append(index)
         if entry.node.otherwise is not None:
             readers[entry.node.otherwise].append(index)
-    readers[output or entries[-1].local].append(len(entries))  # read by the body's user
+    for name in output if isinstance(output, list) else [output or entries[-1].local]:
+        readers[name].append(len(entries))  # read by the body's user
     at = {entry.local: k for k, entry in enumerate(entries)}
     spec_path = {k: format_path((*path, k)) for k in range(len(entries))}
     bns = [k for k, e in enumerate(entries) if _op(e.node) == "bn"]
@@ -311,7 +312,8 @@ def plan_folds(model: SpecModel) -> FoldPlan:
             f"block {name!r}",
             plan,
         )
-    _plan_body(model, model.body, ("body",), {"input"}, "input", None, "the model", plan)
+    named = list(named_outputs(model).values()) or None
+    _plan_body(model, model.body, ("body",), {"input"}, "input", named, "the model", plan)
     return plan
 
 

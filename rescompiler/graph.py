@@ -61,6 +61,12 @@ def _vertices(
             if edge[0] != edge[1] and edge not in seen:
                 seen.add(edge)
                 edges.append(edge)
+    for name, node_id in graph.outputs.items():  # named outputs: a vertex each
+        key = f"output {name}"
+        vertices[key] = _Vertex(
+            key, f"output {name}<br/>{fmt(graph.shape_of(node_id))}", "output", None
+        )
+        edges.append((owner[node_id], key))
     return list(vertices.values()), edges, titles
 
 

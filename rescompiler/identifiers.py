@@ -58,6 +58,10 @@ for _helper in (
     "GlobalPool",
     "PaddedConv2d",
     "Reduce",
+    "LayerNorm2d",
+    "Permute",
+    "DropPath",
+    "LayerScale",
     "PaddedMaxPooling2D",
     "PaddedAveragePooling2D",
     "DilatedConv2DTranspose",
@@ -211,7 +215,8 @@ class IdentifierChecker:
         for index, node in enumerate(body):
             node_path = (*path, index)
             if isinstance(node, Group):
-                self.attribute(node.group, (*node_path, "group"), in_group)
+                if isinstance(node.group, str):
+                    self.attribute(node.group, (*node_path, "group"), in_group)
                 self.body(node.body, (*node_path, "body"), True)
                 continue
             if node.name:

@@ -86,10 +86,29 @@ def _bn(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
 
 
 def _linear(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
-    if len(shapes[0]) != 1:
-        raise InferError(f"linear needs a flat input, got {fmt(shapes[0])} (add a flatten)")
-    f = shapes[0][0]
-    return OpResult((a["out"],), f * a["out"] + (a["out"] if a["bias"] else 0), 0, f * a["out"])
+    """On a vector, or per position on the channels of a (channels-last) map."""
+    f, *space = shapes[0]
+    positions = 1
+    for d in space:
+        positions *= d
+    out = a["out"]
+    return OpResult((out, *space), f * out + (out if a["bias"] else 0), 0, positions * f * out)
+
+
+def _norm(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
+    c = shapes[0][0]
+    if "groups" in a and c % a["groups"]:
+        raise InferError(f"{c} channels do not split into {a['groups']} groups", "groups")
+    return OpResult(shapes[0], 2 * c)
+
+
+def _layer_scale(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
+    return OpResult(shapes[0], shapes[0][0])
+
+
+def _permute(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
+    _feature_map(shapes, "permute")
+    return OpResult(shapes[0])
 
 
 def _same(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
@@ -217,6 +236,11 @@ SHAPE_RULES: dict[str, Callable[[dict[str, Any], Sequence[Shape]], OpResult]] = 
     "avgpool": _pool,
     "global_avgpool": _global_pool,
     "global_maxpool": _global_pool,
+    "layernorm": _norm,
+    "groupnorm": _norm,
+    "layer_scale": _layer_scale,
+    "drop_path": _same,
+    "permute": _permute,
     "mean": _reduce,
     "max": _reduce,
     "zeropad": _zeropad,

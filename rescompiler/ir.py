@@ -33,6 +33,7 @@ class IRNode:
     location: Location
     spec_path: str
     shares: str | None = None  # id of the node whose layer (and weights) this one applies
+    layout: str = "channels_first"  # of a C×H×W output in torch: "channels_last" after permute
 
     @property
     def local_name(self) -> str:
@@ -62,6 +63,12 @@ class Graph:
     nodes: tuple[IRNode, ...]
     output: str
     containers: Mapping[str, Container] = field(default_factory=dict)
+    outputs: Mapping[str, str] = field(default_factory=dict)  # named outputs: name -> node id
+
+    @property
+    def output_ids(self) -> list[str]:
+        """Ids of the nodes the model returns: its named outputs, or its one output."""
+        return list(self.outputs.values()) if self.outputs else [self.output]
 
     def node(self, node_id: str) -> IRNode:
         """Look a node up by id."""
@@ -101,4 +108,4 @@ class Graph:
             assert node.shape and all(d > 0 for d in node.shape), node.id
             assert all(i in seen for i in node.inputs), node.id
             seen.add(node.id)
-        assert self.output in seen
+        assert all(o in seen for o in self.output_ids)

@@ -14,24 +14,22 @@ from typing import Any
 
 from .errors import DiagnosticSink, Location, format_path
 from .expr import ExprError, parse_expr, suggest, template_parts
-from .schema import INIT_NAMES, BlockCall, Group, NodeBase, SpecModel
+from .schema import INIT_NAMES, NOT_EXPRESSIONS, BlockCall, Group, NodeBase, SpecModel
 
 PathKey = tuple[str | int, ...]
-NOT_EXPRESSIONS = {
-    "name",
-    "inputs",
-    "otherwise",
-    "doc",
-    "op",
-    "block",
-    "group",
-    "mode",
-    "axis",
-    "names",
-    "reuse",
-}
 KEYWORD_VALUES = {"padding": {"same", "valid"}}
 STAGE_NAMES = frozenset({"i", "n"})
+MODEL_STAGE_NAMES = STAGE_NAMES | {"block_index", "block_count"}  # stages of the model body
+
+
+def unknown_name(name: str, allowed: set[str]) -> str:
+    """``unknown name 'x'`` with a did-you-mean, or where the name can be read."""
+    if name in MODEL_STAGE_NAMES - STAGE_NAMES:
+        return (
+            f"unknown name {name!r}: block_index and block_count are read by the args of the "
+            "stages of the model body (pass the value on to a block as an arg)"
+        )
+    return f"unknown name {name!r}{suggest(name, allowed)}"
 
 
 @dataclass
@@ -82,7 +80,7 @@ class NameChecker:
             return
         self._read(names)
         for name in sorted(names - allowed):
-            self.report(path, field, f"unknown name {name!r}{suggest(name, allowed)}")
+            self.report(path, field, unknown_name(name, allowed))
 
     def check_template(self, template: str, allowed: set[str], path: PathKey, field: str) -> None:
         """Check the ``{...}`` expressions of a name template."""
@@ -95,7 +93,7 @@ class NameChecker:
             if not isinstance(part, str):
                 self._read(part.names)
                 for name in sorted(part.names - allowed):
-                    self.report(path, field, f"unknown name {name!r}{suggest(name, allowed)}")
+                    self.report(path, field, unknown_name(name, allowed))
 
     def check_body(self, body: Iterable[Any], allowed: set[str], path: PathKey) -> None:
         """Check every node of a body."""
@@ -107,10 +105,11 @@ class NameChecker:
         if node.when is not None:
             self.check_value(node.when, allowed, (*path, "when"), "when")
         stage = isinstance(node, BlockCall) and node.repeat is not None
-        inner = allowed | STAGE_NAMES if stage else allowed
+        own = MODEL_STAGE_NAMES if path[0] == "body" else STAGE_NAMES
+        inner = allowed | own if stage else allowed
         outer_shadow = self.shadow
         if stage:  # a stage's i and n are its own, not params of the same name
-            self.shadow = outer_shadow | STAGE_NAMES
+            self.shadow = outer_shadow | own
         try:
             for backend, template in node.names.items():
                 self.check_template(template, inner, (*path, "names", backend), f"names.{backend}")
@@ -122,7 +121,7 @@ class NameChecker:
         if isinstance(node, BlockCall):
             if node.repeat is not None:
                 self.check_value(node.repeat, allowed, (*path, "repeat"), "repeat")
-            self.shadow = outer_shadow | STAGE_NAMES if stage else outer_shadow
+            self.shadow = outer_shadow | own if stage else outer_shadow
             try:
                 if node.repeat is not None:
                     self.check_template(node.child_name, inner, (*path, "child_name"), "child_name")

@@ -15,12 +15,12 @@ class Call:
     callee: str
     args: tuple[str | Call, ...] = field(default_factory=tuple)
     explode: bool = False  # keep one argument per line (a magic trailing comma)
+    brackets: str = "()"  # "{}" with callee "" makes a dict display, "[]" a list
 
     def flat(self) -> str:
         """The call on one line."""
-        return (
-            f"{self.callee}({', '.join(a if isinstance(a, str) else a.flat() for a in self.args)})"
-        )
+        inner = ", ".join(a if isinstance(a, str) else a.flat() for a in self.args)
+        return f"{self.callee}{self.brackets[0]}{inner}{self.brackets[1]}"
 
 
 def layout(indent: int, prefix: str, call: Call | str, suffix: str = "") -> list[str]:
@@ -39,9 +39,13 @@ def layout(indent: int, prefix: str, call: Call | str, suffix: str = "") -> list
         and not call.explode
         and not any(isinstance(a, Call) and a.explode for a in call.args)
     ):
-        return [pad + prefix + call.callee + "(", inner, pad + ")" + suffix]
-    lines = [pad + prefix + call.callee + "("]
+        return [
+            pad + prefix + call.callee + call.brackets[0],
+            inner,
+            pad + call.brackets[1] + suffix,
+        ]
+    lines = [pad + prefix + call.callee + call.brackets[0]]
     for arg in call.args:
         lines += layout(indent + 4, "", arg, ",")
-    lines.append(pad + ")" + suffix)
+    lines.append(pad + call.brackets[1] + suffix)
     return lines

@@ -44,6 +44,7 @@ NameTemplate = Annotated[
 IntExpr = Annotated[StrictInt | str, Field(union_mode="left_to_right")]
 BoolExpr = Annotated[StrictBool | str, Field(union_mode="left_to_right")]
 FloatExpr = Annotated[StrictFloat | str, Field(union_mode="left_to_right")]  # 1 is 1.0
+OutputName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]+$", max_length=64)]
 Pair = IntExpr | list[IntExpr]
 Padding = IntExpr | list[IntExpr]
 InitName = Literal[
@@ -53,10 +54,16 @@ InitName = Literal[
     "kaiming_uniform_fan_in",
     "glorot_uniform",
     "glorot_normal",
+    "trunc_normal_002",
     "zeros",
     "ones",
 ]
 INIT_NAMES: tuple[str, ...] = InitName.__args__  # type: ignore[attr-defined]
+# node fields whose values are names or fixed words, never expressions
+NOT_EXPRESSIONS = frozenset(
+    {"name", "inputs", "otherwise", "doc", "op", "block", "group", "reuse", "names"}
+    | {"mode", "axis", "to"}
+)
 
 
 class Strict(BaseModel):
@@ -131,12 +138,58 @@ class BatchNorm(NodeBase):
 
 
 class Linear(NodeBase):
-    """Fully connected layer on a flat vector."""
+    """Fully connected layer on a flat vector, or on the channels of a channels-last map
+    (after ``{op: permute, to: channels_last}``, as torchvision's ConvNeXt block)."""
 
     op: Literal["linear"]
     out: IntExpr
     bias: BoolExpr | None = None
     init: InitFields | None = None
+
+
+class LayerNorm(NodeBase):
+    """Layer normalisation over the channels, with a learnable per-channel scale and shift:
+    of a C×H×W map (torchvision's ``LayerNorm2d``), of a channels-last map or of a vector
+    (``nn.LayerNorm``)."""
+
+    op: Literal["layernorm"]
+    eps: FloatExpr | None = None
+
+
+class GroupNorm(NodeBase):
+    """Group normalisation: channels in ``groups`` groups, each normalised over its channels
+    and space; learnable per-channel scale and shift (``nn.GroupNorm``)."""
+
+    op: Literal["groupnorm"]
+    groups: IntExpr
+    eps: FloatExpr | None = None
+
+
+class LayerScale(NodeBase):
+    """A learnable per-channel scale, initialised to ``value`` (torchvision's ConvNeXt
+    ``layer_scale`` parameter; ``LayerScale`` of keras.applications' ConvNeXt)."""
+
+    op: Literal["layer_scale"]
+    value: FloatExpr = 1e-6
+
+
+class DropPath(NodeBase):
+    """Stochastic depth: in training, each sample is zeroed with probability ``p`` and the
+    others are scaled by 1/(1 - p) (``torchvision.ops.StochasticDepth(p, "row")``); identity
+    in eval. ``p`` may read ``block_index`` and ``block_count``."""
+
+    op: Literal["drop_path"]
+    p: FloatExpr
+
+
+class Permute(NodeBase):
+    """Move a C×H×W map's channels last (``to: channels_last``, torch's
+    ``x.permute(0, 2, 3, 1)``) or back first (``to: channels_first``). On a channels-last map
+    ``linear`` and ``layernorm`` act on the channels. Keras maps are channels-last already:
+    there it computes nothing."""
+
+    op: Literal["permute"]
+    to: Literal["channels_last", "channels_first"]
 
 
 class Activation(NodeBase):
@@ -286,9 +339,10 @@ def _not_empty(body: list[Any]) -> list[Any]:
 
 
 class Group(NodeBase):
-    """A named sequential container (torch ``nn.Sequential``); children are named 0, 1, ..."""
+    """A named sequential container (torch ``nn.Sequential``); children are named 0, 1, ...
+    A group inside a group may be named by a number, as torchvision's ``features.1.conv.0``."""
 
-    group: Ident
+    group: Ident | Annotated[StrictInt, Field(ge=0, le=99_999)]
     body: Annotated[
         list[Node], AfterValidator(_not_empty), Field(json_schema_extra={"minItems": 1})
     ]
@@ -328,6 +382,11 @@ OP_MODELS: tuple[type[NodeBase], ...] = (
     Upsample,
     Merge,
     Reduce,
+    LayerNorm,
+    GroupNorm,
+    LayerScale,
+    DropPath,
+    Permute,
 )
 NODE_TAGS: dict[str, type[NodeBase]] = {
     "<block>": BlockCall,
@@ -373,6 +432,11 @@ Node = Annotated[
     | Annotated[Merge, Tag("mul")]
     | Annotated[Reduce, Tag("mean")]
     | Annotated[Reduce, Tag("max")]
+    | Annotated[LayerNorm, Tag("layernorm")]
+    | Annotated[GroupNorm, Tag("groupnorm")]
+    | Annotated[LayerScale, Tag("layer_scale")]
+    | Annotated[DropPath, Tag("drop_path")]
+    | Annotated[Permute, Tag("permute")]
     | Annotated[Reuse, Tag("<reuse>")]
     | Annotated[BlockCall, Tag("<block>")]
     | Annotated[Group, Tag("<group>")],
@@ -440,11 +504,22 @@ class SpecModel(Strict):
     input_shape: list[IntExpr] = Field(min_length=1, max_length=3, description="C, H, W")
     params: dict[Ident, Any] = Field(default_factory=dict, description="overridable params")
     let: dict[Ident, Any] = Field(default_factory=dict, description="derived values, in order")
-    defaults: dict[Literal["conv", "conv_transpose", "bn", "linear"], OpDefaults] = Field(
-        default_factory=dict
-    )
+    defaults: dict[
+        Literal["conv", "conv_transpose", "bn", "linear", "layernorm", "groupnorm"], OpDefaults
+    ] = Field(default_factory=dict)
     blocks: dict[Ident, BlockTemplate] = Field(default_factory=dict)
     body: list[Node] = Field(min_length=1)
+    outputs: (
+        Annotated[list[Ident], Field(min_length=1)]
+        | Annotated[dict[OutputName, Ident], Field(min_length=1)]
+        | None
+    ) = Field(
+        None,
+        description=(
+            "several named outputs: nodes of the model body, as a list (named as the nodes) "
+            "or {output name: node}; torch returns a dict, Keras a model with these outputs"
+        ),
+    )
     edit: dict[str, dict[str, NodeEdit]] | None = Field(
         None,
         description=(

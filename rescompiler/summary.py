@@ -31,6 +31,7 @@ class Summary:
     trainable_params: int
     bn_statistics: int
     macs: int
+    outputs: tuple[tuple[str, tuple[int, ...]], ...] = ()  # named outputs: (name, shape)
 
     @property
     def total_params(self) -> int:
@@ -53,6 +54,7 @@ class Summary:
                 }
                 for r in self.rows
             ],
+            "outputs": {name: list(shape) for name, shape in self.outputs},
             "totals": {
                 "trainable_params": self.trainable_params,
                 "bn_statistics": self.bn_statistics,
@@ -87,6 +89,11 @@ class Summary:
             f"BN statistics:    {self.bn_statistics:,}",
             f"total params:     {self.total_params:,}",
             f"MACs:             {self.macs:,} ({self.macs / 1e9:.2f} G)",
+            *(
+                ["outputs: " + ", ".join(f"{name} {fmt(shape)}" for name, shape in self.outputs)]
+                if self.outputs
+                else []
+            ),
         ]
         return "\n".join(lines) + "\n"
 
@@ -109,4 +116,7 @@ def summarize(spec: Any, overrides: dict[str, Any] | None = None) -> Summary:
         )
         for n in graph.nodes
     )
-    return Summary(spec.name, graph.input_shape, rows, graph.params, graph.stats, graph.macs)
+    outputs = tuple((name, graph.shape_of(i)) for name, i in graph.outputs.items())
+    return Summary(
+        spec.name, graph.input_shape, rows, graph.params, graph.stats, graph.macs, outputs
+    )

@@ -51,6 +51,7 @@ class Pair:
     max_rel: float
     bound: float
     ok: bool
+    output: str = ""  # which of a model's named outputs ("" for a model's one output)
 
 
 @dataclass
@@ -92,13 +93,17 @@ class Report:
         """A table of the pairs, then a verdict line."""
         shape = "×".join(map(str, self.input_shape))
         devices = ", ".join(f"{k} on {v}" for k, v in self.device.items())
+        named = any(p.output for p in self.pairs)
+        width = max([len(p.output) for p in self.pairs] + [6]) + 1 if named else 0
+        column = f"{'output':<{width}}" if named else ""
         lines = [
             f"{self.spec}: batch {self.batch} of {shape}, seed {self.seed}, {devices}",
-            f"{'a':<16} {'b':<16} {'max|a-b|':>11} {'max rel':>11} {'bound':>11}  ok",
+            f"{column}{'a':<16} {'b':<16} {'max|a-b|':>11} {'max rel':>11} {'bound':>11}  ok",
         ]
         for p in self.pairs:
             lines.append(
-                f"{p.a:<16} {p.b:<16} {p.max_abs:>11.3g} {p.max_rel:>11.3g} {p.bound:>11.3g}  "
+                (f"{p.output:<{width}}" if named else "")
+                + f"{p.a:<16} {p.b:<16} {p.max_abs:>11.3g} {p.max_rel:>11.3g} {p.bound:>11.3g}  "
                 + ("yes" if p.ok else "NO")
             )
         lines.append(
@@ -211,11 +216,13 @@ def _run_in_process(spec: Spec, device: str, seed: int, batch: int) -> Report:
         ) and set(back.state_dict()) == set(reference)
 
         x = np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
-        outputs: dict[str, np.ndarray] = {}
+        outputs: dict[str, dict[str, np.ndarray]] = {}  # model -> output name -> NCHW array
         for name in MODELS[:2]:
             model = models[name].to(device).eval()
             with torch.no_grad():
-                outputs[name] = model(torch.from_numpy(x).to(device)).cpu().numpy()
+                y = model(torch.from_numpy(x).to(device))
+            named = y if isinstance(y, dict) else {"": y}
+            outputs[name] = {k: v.cpu().numpy() for k, v in named.items()}
         x_keras = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
         tf_logger = logging.getLogger("tensorflow")
         level = tf_logger.level
@@ -223,8 +230,12 @@ def _run_in_process(spec: Spec, device: str, seed: int, batch: int) -> Report:
         try:
             for name in MODELS[2:]:
                 with tf.device(f"/{keras_device.upper()}:0"):
-                    y = np.asarray(models[name](x_keras, training=False))
-                outputs[name] = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+                    y = models[name](x_keras, training=False)
+                named = y if isinstance(y, dict) else {"": y}
+                arrays = {k: np.asarray(v) for k, v in named.items()}
+                outputs[name] = {
+                    k: v.transpose(0, 3, 1, 2) if v.ndim == 4 else v for k, v in arrays.items()
+                }
         finally:
             tf_logger.setLevel(level)
 
@@ -234,13 +245,17 @@ def _run_in_process(spec: Spec, device: str, seed: int, batch: int) -> Report:
         batch=batch,
         seed=seed,
         device={"torch": device, "keras": keras_device},
-        output_shape=list(outputs["torch built"].shape[1:]),
+        output_shape=list(next(iter(outputs["torch built"].values())).shape[1:]),
         round_trip_identical=round_trip,
     )
     for i, a in enumerate(MODELS):
         for b in MODELS[i + 1 :]:
             exact = a.split()[0] == b.split()[0]
-            report.pairs.append(compare(a, b, outputs[a], outputs[b], exact))
+            for key, ref in outputs[a].items():
+                missing = np.full((0,), np.nan, dtype=np.float32)  # a shape no output has
+                pair = compare(a, b, ref, outputs[b].get(key, missing), exact)
+                pair.output = key
+                report.pairs.append(pair)
     return report
 
 

@@ -41,6 +41,7 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
     "seresnet50": (28_088_024, False),
     "seresnext50_32x4d": (27_559_896, False),
     "cbam_resnet50": (28_073_576, False),
+    "convnext_tiny": (28_589_128, False),
 }
 TORCHVISION = [
     "resnet18",
@@ -54,6 +55,7 @@ TORCHVISION = [
     "densenet161",
     "densenet169",
     "densenet201",
+    "convnext_tiny",
 ]
 # timm models (timm counts parameters only); each spec's reference is timm.<name>
 TIMM = ["resnet50d", "resnet26d", "seresnet50", "seresnext50_32x4d"]

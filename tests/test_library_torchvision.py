@@ -30,6 +30,10 @@ def expected_tensors(graph: Graph, node: IRNode) -> dict[str, tuple[int, ...]]:
     elif node.op == "bn":
         tensors = ("weight", "bias", *BN_TENSORS) if attrs["affine"] else BN_TENSORS
         out.update(dict.fromkeys(tensors, (in_channels,)))
+    elif node.op in ("layernorm", "groupnorm"):
+        out.update(dict.fromkeys(("weight", "bias"), (in_channels,)))
+    elif node.op == "layer_scale":  # a parameter of its block: its key is the node's id
+        out[""] = (in_channels, 1, 1) if len(node.shape) == 3 else (in_channels,)
     return {name: tuple(shape) for name, shape in out.items()}
 
 
@@ -49,7 +53,7 @@ def test_state_dict_names_and_shapes_match_torchvision(pair: Pair) -> None:
     _, spec, model = pair
     graph = spec.graph
     ours = {
-        f"{node.id}.{tensor}": shape
+        f"{node.id}.{tensor}" if tensor else node.id: shape
         for node in graph.nodes
         for tensor, shape in expected_tensors(graph, node).items()
     }
@@ -74,7 +78,7 @@ def test_parameter_count_matches_torchvision(pair: Pair) -> None:
 
 def test_initialisers_are_torchvision_s(pair: Pair) -> None:
     name, spec, _ = pair
-    family = "densenet" if name.startswith("densenet") else "resnet"
+    family = next((f for f in ("densenet", "convnext") if name.startswith(f)), "resnet")
     expected = {
         "resnet": {
             "conv": {"weight": "kaiming_normal_fan_out"},
@@ -85,6 +89,10 @@ def test_initialisers_are_torchvision_s(pair: Pair) -> None:
             "conv": {"weight": "kaiming_normal_fan_in"},
             "bn": {"weight": "ones", "bias": "zeros"},
             "linear": {"weight": "torch_default", "bias": "zeros"},
+        },
+        "convnext": {
+            "conv": {"weight": "trunc_normal_002", "bias": "zeros"},
+            "linear": {"weight": "trunc_normal_002", "bias": "zeros"},
         },
     }[family]
     for node in spec.graph.nodes:

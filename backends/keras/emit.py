@@ -34,12 +34,15 @@ from rescompiler.attrs import BUILTIN_DEFAULTS
 from rescompiler.codegen import (
     Namespace,
     annotation,
+    block_count_source,
     camel,
     clean,
+    counters_read,
     functions_used,
     global_names,
     literal,
     local_name,
+    named_outputs,
     param_default,
     py,
     template_environment,
@@ -55,6 +58,7 @@ from rescompiler.ir import INPUT
 from rescompiler.pyformat import LINE_LENGTH, Call, layout
 from rescompiler.schema import (
     INIT_NAMES,
+    NOT_EXPRESSIONS,
     BlockCall,
     BlockTemplate,
     Group,
@@ -85,6 +89,7 @@ HELPERS = (
     "FoldedConv2D",
     "FoldedDense",
     "Reduce",
+    "LayerScale",
 )
 MODULE_NAMES = ("keras", "layers", "build", "initializer", "DEFAULTS", "INPUT_SHAPE", "Any")
 MODULE_EXTRA = (
@@ -183,7 +188,7 @@ def node_reads(node: Any) -> set[str]:
     if isinstance(node, Group):
         return names
     for key in type(node).model_fields:
-        if key in NodeBase.model_fields or key in ("op", "reuse", "axis", "mode"):
+        if key in NodeBase.model_fields or key in NOT_EXPRESSIONS:
             continue
         value = getattr(node, key)
         if key == "init":
@@ -205,6 +210,8 @@ class Function:
     used: set[str] = field(default_factory=set)
     loop_names: dict[str, str] = field(default_factory=dict)
     generic: tuple[str, ...] = GENERIC_VARS  # those not taken by a param or let of the spec
+    counter: str | None = None  # block_index's variable (model function, when read)
+    count_var: str | None = None  # block_count's variable (likewise)
 
     def src(self, value: Any, rename: dict[str, str] | None = None) -> str:
         """Python source of a spec value; remembers the names it reads."""
@@ -389,8 +396,10 @@ class BodyEmitter:
         inputs: dict[str, str],
         first: list[str],
         output: str | None = None,
+        outputs: list[str] = (),  # type: ignore[assignment]
     ) -> str:
-        """Emit ``body``; ``inputs`` maps visible names to variables. Returns the output var."""
+        """Emit ``body``; ``inputs`` maps visible names to variables. Returns the output var;
+        the variables of ``outputs`` (a model's named outputs) stay untouched to the end."""
         for name, var in inputs.items():
             self.vars[name] = var
             self.bound.setdefault(var, set()).add(name)
@@ -402,7 +411,8 @@ class BodyEmitter:
         for index, p in enumerate(plans):
             for name in [*p.inputs, p.alt]:
                 self.last[name] = index
-        self.last[out_local] = len(plans)
+        for name in [out_local, *outputs]:
+            self.last[name] = len(plans)
         for index, p in enumerate(plans):
             self.emit_node(p, index, (*path, index), indent)
         if out_local not in self.vars:
@@ -499,11 +509,13 @@ class BodyEmitter:
         self, node: Group, path: PathKey, indent: int, in_vars: list[str], var: str
     ) -> None:
         """A group's children in sequence, each writing ``var``; names under its prefix."""
-        own = name_parts(node.names["keras"]) if "keras" in node.names else [(False, node.group)]
+        own = (
+            name_parts(node.names["keras"]) if "keras" in node.names else [(False, str(node.group))]
+        )
         self.fn.used |= template_names(node.names.get("keras", ""))
         inner = BodyEmitter(self.m, self.fn, join_name(self.prefix, own), self.keep)
         inner.siblings = {
-            (child.group if isinstance(child, Group) else (child.name or str(k))): child
+            (str(child.group) if isinstance(child, Group) else (child.name or str(k))): child
             for k, child in enumerate(node.body)
         }
         current = in_vars
@@ -517,7 +529,7 @@ class BodyEmitter:
                 raise self.m.fail(
                     (*child_path, "otherwise"), "keras: 'otherwise' inside a group is unsupported"
                 )
-            local = child.group if isinstance(child, Group) else (child.name or str(k))
+            local = str(child.group) if isinstance(child, Group) else (child.name or str(k))
             if child.when is False:
                 continue
             conditional = isinstance(child.when, str)
@@ -594,6 +606,10 @@ class BodyEmitter:
         loop_var = "_"
         if "i" in reads:
             loop_var = rename["i"] = self.fn.loop_name("i")
+        if self.fn.counter is not None and "block_index" in reads:
+            rename["block_index"] = self.fn.counter
+        if self.fn.count_var is not None and "block_count" in reads:
+            rename["block_count"] = self.fn.count_var
         render: Callable[[str], str] = lambda n: rename.get(n, n)  # noqa: E731
         if keras_template is not None:
             own = name_parts(keras_template, render)
@@ -606,6 +622,8 @@ class BodyEmitter:
         self.line(indent, f"for {loop_var} in range({count}):")
         args = self.block_args(node, [var, *in_vars[1:]], rename, name)
         self.fn.lines += layout(indent + 4, f"{var} = ", Call(fn_name, tuple(args)))
+        if self.fn.counter is not None:
+            self.line(indent + 4, f"{self.fn.counter} += 1")
 
     # -- primitive ops ------------------------------------------------------------------
     def emit_op(
@@ -656,7 +674,7 @@ class BodyEmitter:
             return [(None, "layers.LeakyReLU", [f"negative_slope={src(node.slope)}"])]
         if op == "softmax":
             return [(None, "layers.Softmax", [])]
-        if op == "identity":
+        if op in ("identity", "permute"):  # Keras maps are channels-last already
             return [(None, "layers.Identity", [])]
         if op == "flatten":
             return [(None, "layers.Flatten", [])]
@@ -697,6 +715,21 @@ class BodyEmitter:
             )
             args = [] if node.keepdims is False else [f"keepdims={src(node.keepdims)}"]
             return [(None, callee, args)]
+        if op in ("layernorm", "groupnorm"):
+            eps = self.m.default(node, "eps")
+            args = [f"epsilon={src(eps)}"]
+            if op == "groupnorm":
+                return [(None, "layers.GroupNormalization", [src(node.groups), *args])]
+            return [(None, "layers.LayerNormalization", args)]
+        if op == "layer_scale":
+            self.m.helpers.add("LayerScale")
+            return [(None, "LayerScale", [src(node.value)])]
+        if op == "drop_path":  # one draw per sample: the noise broadcasts over the rest
+            ranks = {len(n.shape) for n in self.m.instances.get(format_path(path), [])}
+            if len(ranks) > 1:
+                raise self.m.fail(path, "keras: this drop_path sees maps and vectors in turn")
+            ones = ", ".join(["1"] * (ranks.pop() if ranks else 3))
+            return [(None, "layers.Dropout", [src(node.p), f"noise_shape=(None, {ones})"])]
         if op in ("mean", "max"):
             self.m.helpers.add("Reduce")
             axis = "-1" if node.axis == "channels" else "(1, 2)"
@@ -998,8 +1031,19 @@ def model_function(m: ModuleEmitter) -> dict[str, Any]:
     fn = Function(Namespace(reserved), generic=tuple(v for v in GENERIC_VARS if v not in reserved))
     for generic in GENERIC_VARS:
         fn.ns.reserve(generic)
+    counters = counters_read(model)
+    if "block_count" in counters:  # the blocks of all stages, for rates scaled over depth
+        fn.count_var = fn.ns.create("block_count")
+    if "block_index" in counters:
+        fn.counter = fn.ns.create("block_index")
     emitter = BodyEmitter(m, fn, None, keep=frozenset({"inputs"}))
-    result = emitter.emit(model.body, ("body",), 4, {"input": "inputs"}, ["input"])
+    named = named_outputs(model)
+    result = emitter.emit(
+        model.body, ("body",), 4, {"input": "inputs"}, ["input"], outputs=list(named.values())
+    )
+    if named:  # a model with several named outputs, as keras.applications backbones are used
+        items = ", ".join(f"{json.dumps(k)}: {emitter.vars[v]}" for k, v in named.items())
+        result = "{" + items + "}"
     lets = lets_used(model.let, fn.used)
     reads = set(fn.used)
     for key in lets:
@@ -1008,6 +1052,10 @@ def model_function(m: ModuleEmitter) -> dict[str, Any]:
     if "in_channels" in reads:
         head.append("    in_channels = input_shape[0]")
     head += [f"    {key} = {fn.src(model.let[key])}" for key in lets]
+    if fn.count_var is not None:
+        head += layout(4, f"{fn.count_var} = ", block_count_source(model, fn.src))
+    if fn.counter is not None:
+        head.append(f"    {fn.counter} = 0")
     rank = len(spec.graph.input_shape)
     shape = (
         "(input_shape[1], input_shape[2], input_shape[0])" if rank == 3 else "tuple(input_shape)"

@@ -31,6 +31,9 @@ ELEMENTWISE_1D = {
     "leaky_relu",
     "identity",
     "dropout",
+    "drop_path",
+    "layernorm",
+    "layer_scale",
     "softmax",
     "bn",
 }
@@ -48,6 +51,8 @@ def feature_orders(graph: Any) -> dict[str, np.ndarray]:
             c, h, w = shapes[0]
             if h * w > 1 and c > 1:
                 orders[node.id] = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+        elif node.op == "groupnorm" and node.inputs[0] in orders:
+            raise ValueError(f"{node.id}: groupnorm of a vector flattened channels-last")
         elif len(node.shape) == 1 and node.op in ELEMENTWISE_1D and node.inputs[0] in orders:
             orders[node.id] = orders[node.inputs[0]]
         elif len(node.shape) == 1 and node.op in ("add", "mul"):
@@ -105,6 +110,19 @@ def export_weights(spec: Any, model: Any) -> dict[str, dict[str, np.ndarray]]:
             tensors["weight"] = weight
         if node.op in ("conv", "conv_transpose", "linear") and layer.use_bias:
             tensors["bias"] = _numpy(layer.bias)
+        if node.op in ("layernorm", "groupnorm", "layer_scale"):
+            pairs = [("weight", layer.gamma)]
+            if node.op != "layer_scale":
+                pairs.append(("bias", layer.beta))
+            for key, variable in pairs:
+                value = _numpy(variable)
+                if perm is not None:
+                    restored = np.empty_like(value)
+                    restored[perm] = value
+                    value = restored
+                tensors[key] = value
+            if node.op == "layer_scale" and len(node.shape) == 3 and node.layout != "channels_last":
+                tensors["weight"] = tensors["weight"].reshape(-1, 1, 1)  # torch's (C, 1, 1)
         if node.op == "bn":
             pairs = [("running_mean", layer.moving_mean), ("running_var", layer.moving_variance)]
             if layer.scale:
@@ -169,6 +187,15 @@ def import_weights(spec: Any, model: Any, weights: dict[str, dict[str, Any]]) ->
                 plan.append(_checked(node, "weight", layer.kernel, kernel))
             if node.op in ("conv", "conv_transpose", "linear") and layer.use_bias:
                 plan.append(_checked(node, "bias", layer.bias, tensors["bias"]))
+            if node.op in ("layernorm", "groupnorm", "layer_scale"):
+                pairs = [("weight", layer.gamma)]
+                if node.op != "layer_scale":
+                    pairs.append(("bias", layer.beta))
+                for key, variable in pairs:
+                    value = tensors[key].reshape(-1)
+                    plan.append(
+                        _checked(node, key, variable, value if perm is None else value[perm])
+                    )
             if node.op == "bn":
                 pairs = [
                     ("running_mean", layer.moving_mean),

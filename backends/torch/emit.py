@@ -14,14 +14,17 @@ from rescompiler.codegen import (
     Namespace,
     all_of,
     annotation,
+    block_count_source,
     camel,
     clean,
+    counters_read,
     fstring,
     functions_used,
     global_names,
     literal,
     liveness,
     local_name,
+    named_outputs,
     param_default,
     path_key,
     py,
@@ -65,6 +68,9 @@ HELPERS = (
     "GlobalPool",
     "PaddedConv2d",
     "Reduce",
+    "LayerNorm2d",
+    "Permute",
+    "DropPath",
 )
 TORCH_DEFAULT_INIT = {("bn", "weight"): "ones", ("bn", "bias"): "zeros"}
 BUILTIN_DEFAULTS = {"bias": True, "eps": 1e-5, "momentum": 0.1}
@@ -94,6 +100,8 @@ class Scope:
     plan: FoldPlan | None = None  # the fold plan of an inference build; None for the plain one
     folded: list[tuple[str, str, float, str]] = field(default_factory=list)  # FOLDED_BN rows
     loop_names: dict[str, str] = field(default_factory=dict)
+    counter: str | None = None  # variable of block_index (model class, when a stage reads it)
+    count_var: str | None = None  # variable of block_count (likewise)
 
     def loop_name(self, name: str) -> str:
         """The ``__init__`` variable for a stage's ``i``, ``n`` or ``block``: the name itself
@@ -268,6 +276,32 @@ class BodyEmitter:
                 return "nn.AdaptiveAvgPool2d(1)", cin
             self.s.helpers.add("GlobalPool")
             return Call("GlobalPool", (json.dumps(kind), f"keepdims={py(node.keepdims)}")), cin  # type: ignore[attr-defined]
+        if op in ("layernorm", "groupnorm"):
+            eps = self.default(node, "eps")
+            extra = () if eps == 1e-5 else (f"eps={py(eps)}",)
+            if op == "groupnorm":
+                return Call("nn.GroupNorm", (py(node.groups), unwrap(cin), *extra)), cin  # type: ignore[attr-defined]
+            kinds = {
+                "map" if len(n.shape) == 3 and n.layout == "channels_first" else "last"
+                for n in self.s.instances.get(path, [])
+            }
+            if kinds == {"map"}:
+                self.s.helpers.add("LayerNorm2d")
+                return Call("LayerNorm2d", (unwrap(cin), *extra)), cin
+            if len(kinds) > 1:
+                raise self.fail(index, "torch: this layernorm sees maps and vectors in turn")
+            return Call("nn.LayerNorm", (unwrap(cin), *extra)), cin
+        if op == "permute":
+            self.s.helpers.add("Permute")
+            dims = "(0, 2, 3, 1)" if node.to == "channels_last" else "(0, 3, 1, 2)"  # type: ignore[attr-defined]
+            return Call("Permute", (dims,)), cin
+        if op == "drop_path":
+            self.s.helpers.add("DropPath")
+            return Call("DropPath", (py(node.p),)), cin  # type: ignore[attr-defined]
+        if op == "layer_scale":
+            raise self.fail(
+                index, "torch: layer_scale is a parameter of its block, not a group's child"
+            )
         if op in ("mean", "max"):
             self.s.helpers.add("Reduce")
             over_channels = node.axis == "channels"  # type: ignore[attr-defined]
@@ -357,14 +391,16 @@ class BodyEmitter:
         inputs: dict[str, tuple[str, str]],
         first: str,
         output: str | None = None,
+        outputs: list[str] = (),  # type: ignore[assignment]
     ) -> str:
-        """Emit ``body``; ``inputs`` maps visible names to (var, channels). Returns output name."""
+        """Emit ``body``; ``inputs`` maps visible names to (var, channels). Returns output name;
+        the values of ``outputs`` (a model's named outputs) are kept to the end."""
         for name, (var, chan) in inputs.items():
             self.vars[name], self.channels[name] = var, chan
             self.taken.add(name)
         plan = self.plan(body, first)
         out_local = output or (plan[-1][1] if plan else first)
-        self.last_use = {out_local: len(body)}
+        self.last_use = {name: len(body) for name in [out_local, *outputs]}
         for index, (_node, _local, names, alt) in enumerate(plan):
             for name in [*names, alt]:
                 if self.last_use.get(name, -1) < index:
@@ -379,11 +415,11 @@ class BodyEmitter:
                         plan, (when_source(entry[0]) for entry in plan), strict=True
                     )
                 ),
-                out_local,
+                [out_local, *outputs],
             )
         self.index_of = {local: index for index, (_n, local, _names, _alt) in enumerate(plan)}
         self.reused = {node.reuse for node, *_ in plan if isinstance(node, Reuse)}
-        self.readers: dict[str, list[int]] = {out_local: [len(body)]}
+        self.readers: dict[str, list[int]] = {name: [len(body)] for name in [out_local, *outputs]}
         for index, (node, _local, names, _alt) in enumerate(plan):
             for name in [*names, *([node.otherwise] if node.otherwise is not None else [])]:
                 self.readers.setdefault(name, []).append(index)
@@ -497,9 +533,20 @@ class BodyEmitter:
     def emit_node(self, node: Any, index: int, local: str, names: list[str], alt: str) -> None:
         cin = self.channels[names[0]]
         reach = self.reach[index]
+        counted = self.s.counter is not None and isinstance(node, BlockCall) and node.repeat
         if reach is False:  # used nowhere (the front end drops it too): no module, no code
             self.vars[local], self.channels[local] = "None", "0"
+            if counted and node.when is not False:  # its blocks still count in block_index
+                pad = " " * getattr(self, "indent", 8)
+                add = py(node.repeat)
+                if isinstance(node.when, str):
+                    add = f"({add} if {py(node.when)} else 0)"
+                self.s.init.append(f"{pad}{self.s.counter} += {add}")
             return
+        if counted and reach is not True:
+            raise self.fail(
+                index, "torch: a stage used only with some params, while stages read block_index"
+            )
         if node.when is False:  # ``when: false``: never built, its value is ``alt``'s
             self.vars[local], self.channels[local] = self.vars[alt], self.channels[alt]
             return
@@ -620,6 +667,8 @@ class BodyEmitter:
         return 0
 
     def call_source(self, node: Any, index: int, local: str, in_vars: list[str]) -> Call | str:
+        if getattr(node, "op", None) == "layer_scale":  # torchvision's ``self.layer_scale * x``
+            return f"self.{local} * {in_vars[0]}"
         if isinstance(node, BlockCall) and node.repeat is not None and len(in_vars) > 1:
             raise self.fail(
                 index, "torch: stages of multi-input blocks are not supported (nn.Sequential)"
@@ -634,6 +683,16 @@ class BodyEmitter:
             return self.emit_block_call(node, index, local, indent, names)
         if isinstance(node, Group):
             return self.emit_group(node, index, local, indent, cin)
+        if node.op == "layer_scale" and self.owner == "self":  # a parameter, as torchvision's
+            ranks = {len(n.shape) for n in self.s.instances.get(f"{self.path}[{index}]", [])}
+            last = all(
+                n.layout == "channels_last"
+                for n in self.s.instances.get(f"{self.path}[{index}]", [])
+            )
+            shape = f"({unwrap(cin)},)" if ranks == {1} or last else f"({unwrap(cin)}, 1, 1)"
+            value = Call("torch.full", (shape, py(node.value)))
+            self.s.init += self.assign(indent, local, Call("nn.Parameter", (value,)))
+            return cin
         inplace = (
             node.op == "relu" and self.may_overwrite(index, names[0]) and local not in self.reused
         )
@@ -681,6 +740,10 @@ class BodyEmitter:
         loop = "_"
         if "i" in reads:
             loop = rename["i"] = self.s.loop_name("i")
+        if self.s.counter is not None and "block_index" in reads:
+            rename["block_index"] = self.s.counter
+        if self.s.count_var is not None and "block_count" in reads:
+            rename["block_count"] = self.s.count_var
         block = self.s.loop_name("block")
         self.s.init.append(f"{pad}for {loop} in range({count}):")
         saved = self.channels[names[0]]
@@ -691,6 +754,8 @@ class BodyEmitter:
         child = fstring(node.child_name, lambda n: rename.get(n, n))
         self.s.init.append(f"{pad}    {stage}.add_module({child}, {block})")
         self.s.init.append(f"{pad}    {chan} = {block}.out_channels")
+        if self.s.counter is not None:
+            self.s.init.append(f"{pad}    {self.s.counter} += 1")
         return chan
 
     def emit_group(self, node: Group, index: int, local: str, indent: int, cin: str) -> str:
@@ -766,6 +831,9 @@ def has_params(node: Any) -> bool:
         "conv_transpose",
         "bn",
         "linear",
+        "layernorm",
+        "groupnorm",
+        "layer_scale",
     )
 
 
@@ -866,8 +934,30 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
     emitter = BodyEmitter(scope, "body")
     scope.init.append("        in_channels = input_shape[0]")
     scope.init += [f"        {key} = {py(value)}" for key, value in model.let.items()]
+    counters = counters_read(model)
+    if "block_count" in counters:  # the blocks of all stages, for rates scaled over depth
+        scope.count_var = scope.init_ns.create("block_count")
+        scope.init += layout(8, f"{scope.count_var} = ", block_count_source(model))
+    if "block_index" in counters:
+        scope.counter = scope.init_ns.create("block_index")
+        scope.init.append(f"        {scope.counter} = 0")
     x = scope.var_ns.create("x")
-    out = emitter.emit(model.body, {"input": (x, "in_channels")}, "input")
+    named = named_outputs(model)
+    out = emitter.emit(
+        model.body, {"input": (x, "in_channels")}, "input", outputs=list(named.values())
+    )
+    result = emitter.vars[out]
+    if named:  # a dict of named outputs, as torchvision's create_feature_extractor returns
+        graph = spec.graph
+        contiguous = {  # an inference build's channels-last maps are handed out contiguous
+            key: ".contiguous()" if plan is not None and len(graph.shape_of(i)) == 3 else ""
+            for key, i in graph.outputs.items()
+        }
+        result = Call(
+            "",
+            tuple(f"{json.dumps(k)}: {emitter.vars[v]}{contiguous[k]}" for k, v in named.items()),
+            brackets="{}",
+        )
     params = [
         f"{key}: {annotation(value)} = {literal(value)}" for key, value in spec.params.items()
     ]
@@ -893,14 +983,15 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
             "signature": layout(4, "def ", Call("__init__", ("self", *params)), " -> None:"),
             "init": scope.init,
             "forward": scope.forward,
-            "result": emitter.vars[out],
+            "result": layout(8, "return ", result),
+            "returns": "dict[str, torch.Tensor]" if named else "torch.Tensor",
             "uses_stage_runner": False,
             "folded": folded_lines(scope.folded),
         },
         inference=plan is not None,
         functions=functions_used(model),
         channels_last=plan is not None and len(spec.graph.input_shape) == 3,
-        output_rank=len(spec.graph.shape_of(spec.graph.output)),
+        output_rank=0 if named else len(spec.graph.shape_of(spec.graph.output)),
         defaults=[(json.dumps(k), literal(v)) for k, v in spec.params.items()],
         input_shape=literal(spec.graph.input_shape),
         needs_init=any(

@@ -24,6 +24,21 @@ def _module(model: torch.nn.Module, node: Any) -> torch.nn.Module:
         raise KeyError(f"the torch model has no module {node.id!r}") from None
 
 
+def _tensors(model: torch.nn.Module, node: Any) -> dict[str, torch.Tensor]:
+    """A node's tensors by role: a module's weight, bias and BN statistics, or the parameter a
+    ``layer_scale`` node is (its ``weight``)."""
+    import torch
+
+    if node.op == "layer_scale":
+        try:
+            return {"weight": model.get_parameter(node.id)}
+        except AttributeError:
+            raise KeyError(f"the torch model has no parameter {node.id!r}") from None
+    module = _module(model, node)
+    found = {key: getattr(module, key, None) for key in TENSORS}
+    return {key: value for key, value in found.items() if isinstance(value, torch.Tensor)}
+
+
 def export_weights(spec: Any, model: torch.nn.Module) -> dict[str, dict[str, np.ndarray]]:
     """Every parameter and BN statistic of a torch model built from ``spec``."""
     import torch
@@ -32,13 +47,10 @@ def export_weights(spec: Any, model: torch.nn.Module) -> dict[str, dict[str, np.
     for node in spec.graph.nodes:
         if node.params + node.stats == 0:
             continue
-        module = _module(model, node)
-        tensors = {}
-        for key in TENSORS:
-            value = getattr(module, key, None)
-            if isinstance(value, torch.Tensor):
-                tensors[key] = value.detach().to("cpu", torch.float32).numpy().copy()
-        out[node.id] = tensors
+        out[node.id] = {
+            key: value.detach().to("cpu", torch.float32).numpy().copy()
+            for key, value in _tensors(model, node).items()
+        }
     _check_complete(spec, model)
     return out
 
@@ -66,11 +78,7 @@ def import_weights(spec: Any, model: torch.nn.Module, weights: dict[str, dict[st
             continue
         if node.id not in weights:
             raise KeyError(f"no weights for {node.id}")
-        module = _module(model, node)
-        for key in TENSORS:
-            target = getattr(module, key, None)
-            if not isinstance(target, torch.Tensor):
-                continue
+        for key, target in _tensors(model, node).items():
             if key not in weights[node.id]:
                 raise KeyError(f"no {key} for {node.id}")
             value = torch.as_tensor(np.asarray(weights[node.id][key], dtype=np.float32))
