@@ -52,6 +52,10 @@ def initializer(name: str, fan_in: int | None = None) -> keras.initializers.Init
         return init.VarianceScaling(1.0, "fan_avg", "untruncated_normal")
     if name == "trunc_normal_002":  # torch cuts at +-2 (100 std), Keras at 2 std: near enough
         return init.TruncatedNormal(stddev=0.02)
+    if name == "normal_001":
+        return init.RandomNormal(stddev=0.01)
+    if name == "uniform_fan_out":  # U(-1/sqrt(out), 1/sqrt(out)) of a linear layer
+        return init.VarianceScaling(1 / 3, "fan_out", "uniform")
     return init.get(name)
 
 

@@ -36,6 +36,8 @@ INITIALISERS = {
     "glorot_uniform": nn.init.xavier_uniform_,
     "glorot_normal": nn.init.xavier_normal_,
     "trunc_normal_002": lambda t: nn.init.trunc_normal_(t, std=0.02),
+    "normal_001": lambda t: nn.init.normal_(t, 0.0, 0.01),
+    "uniform_fan_out": lambda t: nn.init.uniform_(t, -1.0 / t.shape[0] ** 0.5, 1.0 / t.shape[0] ** 0.5),
     "zeros": nn.init.zeros_,
     "ones": nn.init.ones_,
     "torch_default": lambda t: t,

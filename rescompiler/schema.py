@@ -55,6 +55,8 @@ InitName = Literal[
     "glorot_uniform",
     "glorot_normal",
     "trunc_normal_002",
+    "normal_001",
+    "uniform_fan_out",
     "zeros",
     "ones",
 ]
