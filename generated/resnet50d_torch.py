@@ -23,6 +23,16 @@ DEFAULTS: dict[str, Any] = {
     "zero_init_residual": True,
 }
 INPUT_SHAPE = (3, 224, 224)
+
+
+def _uniform_fan_out(t: torch.Tensor) -> torch.Tensor:
+    """U(-1/sqrt(out), 1/sqrt(out)), torchvision's EfficientNet classifier init."""
+    import math
+
+    bound = 1.0 / math.sqrt(t.shape[0])
+    return nn.init.uniform_(t, -bound, bound)
+
+
 INITIALISERS = {
     "kaiming_normal_fan_out": lambda t: nn.init.kaiming_normal_(
         t, mode="fan_out", nonlinearity="relu"
@@ -37,7 +47,7 @@ INITIALISERS = {
     "glorot_normal": nn.init.xavier_normal_,
     "trunc_normal_002": lambda t: nn.init.trunc_normal_(t, std=0.02),
     "normal_001": lambda t: nn.init.normal_(t, 0.0, 0.01),
-    "uniform_fan_out": lambda t: nn.init.uniform_(t, -1.0 / t.shape[0] ** 0.5, 1.0 / t.shape[0] ** 0.5),
+    "uniform_fan_out": lambda t: _uniform_fan_out(t),
     "zeros": nn.init.zeros_,
     "ones": nn.init.ones_,
     "torch_default": lambda t: t,

@@ -1074,6 +1074,7 @@ ALLOWED_CALLS = {"sys.setrecursionlimit(max(sys.getrecursionlimit(), {}))"}
 ALLOWED_BASES = {
     "nn.Module",
     "nn.Conv2d",
+    "nn.LayerNorm",
     "layers.Layer",
     "layers.Conv2D",
     "layers.Dense",
@@ -1089,10 +1090,14 @@ HELPER_CLASSES = frozenset(
         *("Crop", "CropTo", "PadTo", "Subsample", "ChannelPad", "GlobalPool", "PaddedConv2d"),
         *("PaddedMaxPooling2D", "PaddedAveragePooling2D", "BilinearUpSampling2D"),
         *("FoldedConv2D", "FoldedDense"),
+        *("Reduce", "LayerNorm2d", "Permute", "DropPath", "LayerScale"),
     ]
 )
 HELPER_FUNCTIONS = frozenset(
-    ["_pair", "initializer", "fold_batchnorm", "load_plain_weights", "make_divisible"]
+    [
+        *("_pair", "initializer", "fold_batchnorm", "load_plain_weights", "make_divisible"),
+        "_uniform_fan_out",
+    ]
 )
 
 
