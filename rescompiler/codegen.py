@@ -332,7 +332,7 @@ def local_name(node: Any, index: int, taken: Container[str], in_group: bool = Fa
     if in_group:
         return str(index)
     default = node_kind(node)
-    name, k = default, 1
+    name, k = (f"{default}_1", 2) if isinstance(node, Reuse) else (default, 1)
     while name in taken:
         name, k = f"{default}_{k}", k + 1
     return name

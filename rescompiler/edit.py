@@ -101,6 +101,8 @@ def local_names(body: list[Any], inputs: list[str], in_group: bool = False) -> l
             )
             default = default if isinstance(default, str) else "node"
             k = next_k.get(default, 0)
+            if "reuse" in node:  # a reuse never takes the bare name of the node it reuses
+                k = max(k, 1)
             local = default if k == 0 else f"{default}_{k}"
             while local in taken:
                 k += 1

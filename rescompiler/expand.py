@@ -337,7 +337,7 @@ class Expander:
             return node.name
         if scope.is_group:
             return str(index)
-        name, k = default, 1
+        name, k = (f"{default}_1", 2) if isinstance(node, Reuse) else (default, 1)
         while name in scope.locals or name in scope.used_names:
             name, k = f"{default}_{k}", k + 1
         return name
@@ -606,6 +606,8 @@ class Expander:
             self.error((*path, "reuse"), message)
             return None
         target = self.by_id[scope.ops[name]]
+        if target.shares is not None:  # a reuse of a reuse applies the first node's layer
+            target = self.by_id[target.shares]
         shape = self.shapes[refs[0]]
         if shape is None:
             return None

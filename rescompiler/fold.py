@@ -142,6 +142,8 @@ def _describe(entry: _Entry | None, name: str) -> str:
         return f"block {entry.local!r}"
     if isinstance(node, Group):
         return f"group {entry.local!r}"
+    if isinstance(node, Reuse):
+        return f"{entry.local!r} (a reuse of {node.reuse!r})"
     return f"{node.op} {entry.local!r}"
 
 

@@ -190,6 +190,11 @@ OP_ALIASES = {
     "conv2d_transpose": "conv_transpose",
     "deconv": "conv_transpose",
     "dense": "linear",
+    "droppath": "drop_path",
+    "stochastic_depth": "drop_path",
+    "layer_norm": "layernorm",
+    "group_norm": "groupnorm",
+    "layerscale": "layer_scale",
     "fc": "linear",
     "max_pool": "maxpool",
     "maxpool2d": "maxpool",
@@ -207,7 +212,7 @@ OP_ALIASES = {
     "pad": "zeropad",
 }
 # close in spelling, different in meaning: list the ops instead of suggesting
-FALSE_FRIENDS = {"drop_path", "droppath", "stochastic_depth", "relu_", "dropblock"}
+FALSE_FRIENDS = {"relu_", "dropblock"}
 
 
 def unknown_op_message(op: Any) -> str:

@@ -147,3 +147,38 @@ def test_cbam_is_a_yaml_edit_of_resnet50() -> None:
     text = CBAM.read_text()
     assert "extends: resnet50" in text
     assert "insert_after: {block: cbam, name: se}" in text
+
+
+def test_a_reuse_of_a_reuse_applies_the_first_layer(write_spec: Callable[..., Path]) -> None:
+    torch = pytest.importorskip("torch")
+    text = """\
+    version: 1
+    name: chain
+    input_shape: [8, 4, 4]
+    body:
+      - {op: conv, name: a, out: 8, kernel: 1}
+      - {op: relu}
+      - {reuse: a, name: a2}
+      - {reuse: a2}
+      - {op: bn}
+    """
+    spec = rescompiler.load_spec(write_spec(text))
+    assert [n.shares for n in spec.graph.nodes] == [None, None, "a", "a", None]
+    assert [n.id for n in spec.graph.nodes][3] == "a2_1"  # never the bare name it reuses
+    model = rescompiler.build(spec, "torch").eval()
+    fast = rescompiler.build(spec, "torch", optimize="inference")
+    fast.load_state_dict(model.state_dict())
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        expected = model.bn(model.a(model.a(torch.relu(model.a(x)))))
+        assert torch.equal(model(x), expected)
+        torch.testing.assert_close(fast(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_reuse_before_its_node_is_one_error(write_spec: Callable[..., Path]) -> None:
+    text = "version: 1\nname: r\ninput_shape: [8, 8, 8]\nbody:\n  - {reuse: a}\n"
+    text += "  - {op: conv, name: a, out: 8, kernel: 1}\n"
+    with pytest.raises(rescompiler.SpecError) as info:
+        rescompiler.load_spec(write_spec(text))
+    assert len(info.value.diagnostics) == 1
+    assert "'a' is defined later" in str(info.value)

@@ -238,7 +238,8 @@ def test_scaling_functions_in_both_backends_and_generated_params(
         ("batchnorm", "unknown op 'batchnorm' (did you mean 'bn'?)"),
         ("Dense", "unknown op 'Dense' (did you mean 'linear'?)"),
         ("rleu", "unknown op 'rleu' (did you mean 'relu'?)"),
-        ("drop_path", "unknown op 'drop_path'; the ops are: add, avgpool, bn,"),  # not dropout
+        ("stochastic_depth", "unknown op 'stochastic_depth' (did you mean 'drop_path'?)"),
+        ("dropblock", "unknown op 'dropblock'; the ops are: add, avgpool, bn,"),  # not dropout
         ("xyz", "unknown op 'xyz'; the ops are: add, avgpool, bn,"),
     ],
 )

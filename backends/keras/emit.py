@@ -405,7 +405,11 @@ class BodyEmitter:
             self.bound.setdefault(var, set()).add(name)
         plans = self.plan(body, set(inputs), first)
         self.siblings = {p.local: p.node for p in plans}
-        self.reused = {p.node.reuse for p in plans if isinstance(p.node, Reuse)}
+        self.root: dict[str, str] = {}  # reuse node -> the node whose layers it applies
+        for p in plans:
+            if isinstance(p.node, Reuse):
+                self.root[p.local] = self.root.get(p.node.reuse, p.node.reuse)
+        self.reused = set(self.root.values())
         self.layers: dict[str, list[str]] = {}  # layers of reused nodes, kept in variables
         out_local = output if output is not None else plans[-1].local
         for index, p in enumerate(plans):
@@ -499,7 +503,7 @@ class BodyEmitter:
         elif isinstance(node, BlockCall):
             self.emit_call(node, local, path, indent, in_vars, var)
         elif isinstance(node, Reuse):  # the layers of an earlier node, called again
-            for k, layer in enumerate(self.layers[node.reuse]):
+            for k, layer in enumerate(self.layers[self.root[local]]):
                 self.line(indent, f"{var} = {layer}({in_vars[0] if k == 0 else var})")
         else:
             self.emit_op(node, local, path, indent, in_vars, var)

@@ -418,7 +418,11 @@ class BodyEmitter:
                 [out_local, *outputs],
             )
         self.index_of = {local: index for index, (_n, local, _names, _alt) in enumerate(plan)}
-        self.reused = {node.reuse for node, *_ in plan if isinstance(node, Reuse)}
+        self.root: dict[str, str] = {}  # reuse node -> the node whose module it applies
+        for node, local, *_ in plan:
+            if isinstance(node, Reuse):
+                self.root[local] = self.root.get(node.reuse, node.reuse)
+        self.reused = set(self.root.values())
         self.readers: dict[str, list[int]] = {name: [len(body)] for name in [out_local, *outputs]}
         for index, (node, _local, names, _alt) in enumerate(plan):
             for name in [*names, *([node.otherwise] if node.otherwise is not None else [])]:
@@ -572,8 +576,9 @@ class BodyEmitter:
             if cond is not None:
                 raise self.fail(index, "torch: a reuse node used only in some instances")
             var, _ = self.choose_var(index, local, names, False)
-            self.s.forward += layout(8, f"{var} = ", Call(self.attr_ref(node.reuse), (in_vars[0],)))
-            self.vars[local], self.channels[local] = var, self.channels[node.reuse]
+            target = self.root[local]
+            self.s.forward += layout(8, f"{var} = ", Call(self.attr_ref(target), (in_vars[0],)))
+            self.vars[local], self.channels[local] = var, self.channels[target]
             return
         if op in MERGES:
             if self.owner != "self":  # the front end keeps merges out of groups
