@@ -150,6 +150,30 @@ RULES: dict[str, FieldRule] = {
 PAIR_PADDING_OPS = {"maxpool", "avgpool", "conv_transpose"}
 
 
+def _floats(value: Any, field: str) -> float | tuple[float, ...]:
+    """A number, or a list of numbers (one per channel)."""
+    if isinstance(value, list):
+        return tuple(_float(v, field) for v in value)
+    return _float(value, field)
+
+
+def _variances(value: Any, field: str) -> float | tuple[float, ...]:
+    numbers = _floats(value, field)
+    for v in numbers if isinstance(numbers, tuple) else (numbers,):
+        if v <= 0:
+            raise AttrError(field, f"{field} must be positive, got {v}")
+    return numbers
+
+
+# fields whose rule depends on the op (``scale`` of upsample is an integer factor)
+OP_RULES: dict[tuple[str, str], FieldRule] = {
+    ("rescale", "scale"): _floats,
+    ("rescale", "offset"): _floats,
+    ("normalize", "mean"): _floats,
+    ("normalize", "variance"): _variances,
+}
+
+
 def _init(raw: Any, env: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for tensor in ("weight", "bias"):
@@ -195,7 +219,7 @@ def resolve_attrs(
             evaluated = evaluate(value, env) if field not in LITERAL_FIELDS else value
         except ExprError as exc:
             raise AttrError(field, str(exc)) from None
-        attrs[field] = RULES[field](evaluated, field)
+        attrs[field] = OP_RULES.get((op, field), RULES.get(field, _float))(evaluated, field)
     if "padding" in raw:
         try:
             if raw["padding"] in ("same", "valid") and op != "conv":

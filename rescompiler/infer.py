@@ -106,6 +106,17 @@ def _layer_scale(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     return OpResult(shapes[0], shapes[0][0])
 
 
+def _per_channel(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
+    """rescale/normalize: a number, or one per channel; normalize keeps mean, variance and
+    a count as weights (Keras counts them)."""
+    c = _feature_map(shapes, "rescale" if "scale" in a else "normalize")[0]
+    for key in ("scale", "offset", "mean", "variance"):
+        value = a.get(key)
+        if isinstance(value, tuple) and len(value) not in (1, c):
+            raise InferError(f"{key} has {len(value)} values for {c} channels", key)
+    return OpResult(shapes[0], 0, 2 * c + 1 if "mean" in a else 0)
+
+
 def _permute(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     _feature_map(shapes, "permute")
     return OpResult(shapes[0])
@@ -241,6 +252,8 @@ SHAPE_RULES: dict[str, Callable[[dict[str, Any], Sequence[Shape]], OpResult]] = 
     "layer_scale": _layer_scale,
     "drop_path": _same,
     "permute": _permute,
+    "rescale": _per_channel,
+    "normalize": _per_channel,
     "mean": _reduce,
     "max": _reduce,
     "zeropad": _zeropad,

@@ -194,6 +194,25 @@ class Permute(NodeBase):
     to: Literal["channels_last", "channels_first"]
 
 
+class Rescale(NodeBase):
+    """``x * scale + offset``, per channel when lists are given (Keras ``Rescaling``, as the
+    keras.applications models carry it: ``scale: 1 / 255``)."""
+
+    op: Literal["rescale"]
+    scale: FloatExpr | Annotated[list[FloatExpr], Field(min_length=1)]
+    offset: FloatExpr | Annotated[list[FloatExpr], Field(min_length=1)] = 0.0
+
+
+class Normalize(NodeBase):
+    """``(x - mean) / sqrt(variance)`` per channel with fixed statistics, kept as weights
+    (Keras ``Normalization``: its mean, variance and count count as parameters, as in
+    keras.applications' EfficientNet, MobileNetV3 and ConvNeXt; torch buffers)."""
+
+    op: Literal["normalize"]
+    mean: FloatExpr | Annotated[list[FloatExpr], Field(min_length=1)]
+    variance: FloatExpr | Annotated[list[FloatExpr], Field(min_length=1)]
+
+
 class Activation(NodeBase):
     """Element-wise activation or a shape-only op without parameters."""
 
@@ -389,6 +408,8 @@ OP_MODELS: tuple[type[NodeBase], ...] = (
     LayerScale,
     DropPath,
     Permute,
+    Rescale,
+    Normalize,
 )
 NODE_TAGS: dict[str, type[NodeBase]] = {
     "<block>": BlockCall,
@@ -439,6 +460,8 @@ Node = Annotated[
     | Annotated[LayerScale, Tag("layer_scale")]
     | Annotated[DropPath, Tag("drop_path")]
     | Annotated[Permute, Tag("permute")]
+    | Annotated[Rescale, Tag("rescale")]
+    | Annotated[Normalize, Tag("normalize")]
     | Annotated[Reuse, Tag("<reuse>")]
     | Annotated[BlockCall, Tag("<block>")]
     | Annotated[Group, Tag("<group>")],

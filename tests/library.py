@@ -45,6 +45,9 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
     "convnext_small": (50_223_688, False),
     "convnext_base": (88_591_464, False),
     "convnext_large": (197_767_336, False),
+    "mobilenet_v2": (3_504_872, False),
+    "mobilenet_v3_large": (5_483_032, False),
+    "mobilenet_v3_small": (2_542_856, False),
 }
 # too big to build several times per test on 2 cores: their counts and headers are checked
 # (test_library.py), their torchvision equivalence on a sibling spec with the same code path
@@ -63,6 +66,9 @@ TORCHVISION = [
     "densenet201",
     "convnext_tiny",
     "convnext_small",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
 ]
 # timm models (timm counts parameters only); each spec's reference is timm.<name>
 TIMM = ["resnet50d", "resnet26d", "seresnet50", "seresnext50_32x4d"]

@@ -470,6 +470,12 @@ SINGLE_OPS: dict[str, list[str]] = {
         "{op: drop_path, p: 0.5}",
         "{op: linear, out: 3}",
     ],
+    "preprocessing": [
+        "{op: rescale, scale: 0.00392156862745098}",
+        "{op: normalize, mean: [0.4, 0.5, 0.6, 0.1], variance: [0.05, 0.06, 0.07, 2.0]}",
+        "{op: rescale, scale: [2.0, 1.0, 0.5, 3.0], offset: -1.0}",
+        "{op: normalize, mean: 0.5, variance: 4.0}",
+    ],
     "softmax_over_channels": ["{op: softmax}"],
     "global_max_keepdims": ["{op: global_maxpool, keepdims: true}"],
     "global_avg_linear": [

@@ -78,7 +78,8 @@ def test_parameter_count_matches_torchvision(pair: Pair) -> None:
 
 def test_initialisers_are_torchvision_s(pair: Pair) -> None:
     name, spec, _ = pair
-    family = next((f for f in ("densenet", "convnext") if name.startswith(f)), "resnet")
+    families = ("densenet", "convnext", "mobilenet")
+    family = next((f for f in families if name.startswith(f)), "resnet")
     expected = {
         "resnet": {
             "conv": {"weight": "kaiming_normal_fan_out"},
@@ -89,6 +90,11 @@ def test_initialisers_are_torchvision_s(pair: Pair) -> None:
             "conv": {"weight": "kaiming_normal_fan_in"},
             "bn": {"weight": "ones", "bias": "zeros"},
             "linear": {"weight": "torch_default", "bias": "zeros"},
+        },
+        "mobilenet": {
+            "conv": {"weight": "kaiming_normal_fan_out", "bias": "zeros"},
+            "bn": {"weight": "ones", "bias": "zeros"},
+            "linear": {"weight": "normal_001", "bias": "zeros"},
         },
         "convnext": {
             "conv": {"weight": "trunc_normal_002", "bias": "zeros"},

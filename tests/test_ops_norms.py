@@ -160,3 +160,44 @@ def test_convnext_tiny_reads_like_torchvision() -> None:
     )
     assert "Permute((0, 2, 3, 1))" in source and "out = self.layer_scale * out" in source
     assert "block_count = depths[0] + depths[1] + depths[2] + depths[3]" in source
+
+
+PREPROCESS = """\
+version: 1
+name: pre
+input_shape: [3, 8, 8]
+body:
+  - {op: rescale, name: rescaling, scale: 0.00392156862745098}
+  - {op: normalize, name: normalization, mean: [0.485, 0.456, 0.406], variance: [0.05, 0.06, 0.07]}
+  - {op: conv, out: 4, kernel: 3}
+"""
+
+
+def test_preprocessing_layers_are_keras_s_and_torch_computes_the_same(
+    write_spec: Callable[..., Path], tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    keras = pytest.importorskip("keras")
+    import numpy as np
+
+    spec = rescompiler.load_spec(write_spec(PREPROCESS))
+    assert spec.graph.stats == 2 * 3 + 1  # Keras' Normalization: mean, variance and count
+    model = rescompiler.build(spec, "keras")
+    layer = model.get_layer("normalization")
+    assert isinstance(layer, keras.layers.Normalization)
+    assert [w.shape for w in layer.weights] == [(3,), (3,), ()]  # keras.applications' layout
+    assert model.count_params() == spec.graph.params + spec.graph.stats
+    torch_model = rescompiler.build(spec, "torch").eval()
+    assert set(torch_model.state_dict()) >= {"normalization.mean", "normalization.variance"}
+    rescompiler.transfer_weights(spec, torch_model, model)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 3, 8, 8)).astype("float32")
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(x)).numpy()
+    got = np.asarray(model(x.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+    assert np.max(np.abs(got - expected)) <= 1e-4 * np.max(np.abs(expected)) + 1e-5
+    path = tmp_path / "pre.keras"
+    model.save(path)
+    again = keras.models.load_model(path)
+    assert np.array_equal(
+        np.asarray(again(x.transpose(0, 2, 3, 1))), np.asarray(got.transpose(0, 2, 3, 1))
+    )

@@ -90,6 +90,7 @@ HELPERS = (
     "FoldedDense",
     "Reduce",
     "LayerScale",
+    "FixedNormalization",
 )
 MODULE_NAMES = ("keras", "layers", "build", "initializer", "DEFAULTS", "INPUT_SHAPE", "Any")
 MODULE_EXTRA = (
@@ -725,6 +726,12 @@ class BodyEmitter:
             if op == "groupnorm":
                 return [(None, "layers.GroupNormalization", [src(node.groups), *args])]
             return [(None, "layers.LayerNormalization", args)]
+        if op == "rescale":
+            offset = [] if node.offset == 0.0 else [f"offset={src(node.offset)}"]
+            return [(None, "layers.Rescaling", [src(node.scale), *offset])]
+        if op == "normalize":
+            self.m.helpers.add("FixedNormalization")
+            return [(None, "FixedNormalization", [src(node.mean), src(node.variance)])]
         if op == "layer_scale":
             self.m.helpers.add("LayerScale")
             return [(None, "LayerScale", [src(node.value)])]

@@ -110,6 +110,9 @@ def export_weights(spec: Any, model: Any) -> dict[str, dict[str, np.ndarray]]:
             tensors["weight"] = weight
         if node.op in ("conv", "conv_transpose", "linear") and layer.use_bias:
             tensors["bias"] = _numpy(layer.bias)
+        if node.op == "normalize":  # torch keeps them as (C, 1, 1) buffers
+            for key, variable in (("mean", layer.adapt_mean), ("variance", layer.adapt_variance)):
+                tensors[key] = _numpy(variable).reshape(-1, 1, 1)
         if node.op in ("layernorm", "groupnorm", "layer_scale"):
             pairs = [("weight", layer.gamma)]
             if node.op != "layer_scale":
@@ -187,6 +190,12 @@ def import_weights(spec: Any, model: Any, weights: dict[str, dict[str, Any]]) ->
                 plan.append(_checked(node, "weight", layer.kernel, kernel))
             if node.op in ("conv", "conv_transpose", "linear") and layer.use_bias:
                 plan.append(_checked(node, "bias", layer.bias, tensors["bias"]))
+            if node.op == "normalize":
+                for key, variable in (
+                    ("mean", layer.adapt_mean),
+                    ("variance", layer.adapt_variance),
+                ):
+                    plan.append(_checked(node, key, variable, tensors[key].reshape(-1)))
             if node.op in ("layernorm", "groupnorm", "layer_scale"):
                 pairs = [("weight", layer.gamma)]
                 if node.op != "layer_scale":
@@ -212,3 +221,6 @@ def import_weights(spec: Any, model: Any, weights: dict[str, dict[str, Any]]) ->
             raise KeyError(f"no {exc.args[0]} for {node.id}") from None
     for variable, value in plan:
         variable.assign(value)
+    for node in graph.nodes:  # a Normalization computes with copies of its weights
+        if node.op == "normalize":
+            _layer(model, node).finalize_state()

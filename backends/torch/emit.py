@@ -71,6 +71,8 @@ HELPERS = (
     "LayerNorm2d",
     "Permute",
     "DropPath",
+    "Rescale",
+    "Normalize",
 )
 TORCH_DEFAULT_INIT = {("bn", "weight"): "ones", ("bn", "bias"): "zeros"}
 BUILTIN_DEFAULTS = {"bias": True, "eps": 1e-5, "momentum": 0.1}
@@ -291,6 +293,13 @@ class BodyEmitter:
             if len(kinds) > 1:
                 raise self.fail(index, "torch: this layernorm sees maps and vectors in turn")
             return Call("nn.LayerNorm", (unwrap(cin), *extra)), cin
+        if op == "rescale":
+            self.s.helpers.add("Rescale")
+            offset = () if node.offset == 0.0 else (py(node.offset),)  # type: ignore[attr-defined]
+            return Call("Rescale", (py(node.scale), *offset)), cin  # type: ignore[attr-defined]
+        if op == "normalize":
+            self.s.helpers.add("Normalize")
+            return Call("Normalize", (unwrap(cin), py(node.mean), py(node.variance))), cin  # type: ignore[attr-defined]
         if op == "permute":
             self.s.helpers.add("Permute")
             dims = "(0, 2, 3, 1)" if node.to == "channels_last" else "(0, 3, 1, 2)"  # type: ignore[attr-defined]
@@ -839,6 +848,7 @@ def has_params(node: Any) -> bool:
         "layernorm",
         "groupnorm",
         "layer_scale",
+        "normalize",
     )
 
 

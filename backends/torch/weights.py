@@ -35,7 +35,8 @@ def _tensors(model: torch.nn.Module, node: Any) -> dict[str, torch.Tensor]:
         except AttributeError:
             raise KeyError(f"the torch model has no parameter {node.id!r}") from None
     module = _module(model, node)
-    found = {key: getattr(module, key, None) for key in TENSORS}
+    keys = ("mean", "variance") if node.op == "normalize" else TENSORS
+    found = {key: getattr(module, key, None) for key in keys}
     return {key: value for key, value in found.items() if isinstance(value, torch.Tensor)}
 
 
