@@ -218,8 +218,9 @@ def counters_read(model: SpecModel) -> set[str]:
     return found & set(COUNTERS)
 
 
-def block_count_source(model: SpecModel, translate: Callable[[Any], str] = py) -> str:
-    """Source of ``block_count``: the blocks of every stage of the model body that is built."""
+def block_count_terms(model: SpecModel, translate: Callable[[Any], str] = py) -> list[str]:
+    """Terms of ``block_count``'s sum: the blocks of every stage of the model body that is
+    built (``0`` when there is none)."""
     terms = []
     for node, whens in model_stages(model.body):
         if any(w is False for w in whens):
@@ -228,10 +229,17 @@ def block_count_source(model: SpecModel, translate: Callable[[Any], str] = py) -
         conditions = [translate(w) for w in whens if w is not True]
         if conditions:
             term = f"({term} if {' and '.join(f'({c})' for c in conditions)} else 0)"
-        elif not re.fullmatch(r"[\w.\[\]]+", term):
+        elif not _binds_tighter_than_plus(term):
             term = f"({term})"
         terms.append(term)
-    return " + ".join(terms) or "0"
+    return terms or ["0"]
+
+
+def _binds_tighter_than_plus(source: str) -> bool:
+    tree = ast.parse(source, mode="eval").body
+    if isinstance(tree, ast.BinOp):
+        return isinstance(tree.op, ast.Mult | ast.Div | ast.FloorDiv | ast.Mod | ast.Pow)
+    return isinstance(tree, ast.Call | ast.Name | ast.Subscript | ast.Attribute | ast.Constant)
 
 
 def global_names(

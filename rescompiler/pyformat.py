@@ -49,3 +49,15 @@ def layout(indent: int, prefix: str, call: Call | str, suffix: str = "") -> list
         lines += layout(indent + 4, "", arg, ",")
     lines.append(pad + call.brackets[1] + suffix)
     return lines
+
+
+def layout_sum(indent: int, prefix: str, terms: list[str]) -> list[str]:
+    """Lines for ``prefix + " + ".join(terms)`` at ``indent`` spaces, split like ruff format
+    (in parentheses, one term per line when they do not fit on one)."""
+    pad, inner = " " * indent, " " * (indent + 4)
+    one = pad + prefix + " + ".join(terms)
+    if len(one) <= LINE_LENGTH:
+        return [one]
+    if len(inner) + len(" + ".join(terms)) <= LINE_LENGTH:
+        return [pad + prefix + "(", inner + " + ".join(terms), pad + ")"]
+    return [pad + prefix + "(", inner + terms[0], *(f"{inner}+ {t}" for t in terms[1:]), pad + ")"]

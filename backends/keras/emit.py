@@ -34,7 +34,7 @@ from rescompiler.attrs import BUILTIN_DEFAULTS
 from rescompiler.codegen import (
     Namespace,
     annotation,
-    block_count_source,
+    block_count_terms,
     camel,
     clean,
     counters_read,
@@ -55,7 +55,7 @@ from rescompiler.expr import template_parts
 from rescompiler.fold import Fold, FoldPlan, fold_notes, plan_folds
 from rescompiler.identifiers import MODULE_GLOBALS
 from rescompiler.ir import INPUT
-from rescompiler.pyformat import LINE_LENGTH, Call, layout
+from rescompiler.pyformat import LINE_LENGTH, Call, layout, layout_sum
 from rescompiler.schema import (
     INIT_NAMES,
     NOT_EXPRESSIONS,
@@ -1064,7 +1064,7 @@ def model_function(m: ModuleEmitter) -> dict[str, Any]:
         head.append("    in_channels = input_shape[0]")
     head += [f"    {key} = {fn.src(model.let[key])}" for key in lets]
     if fn.count_var is not None:
-        head += layout(4, f"{fn.count_var} = ", block_count_source(model, fn.src))
+        head += layout_sum(4, f"{fn.count_var} = ", block_count_terms(model, fn.src))
     if fn.counter is not None:
         head.append(f"    {fn.counter} = 0")
     rank = len(spec.graph.input_shape)

@@ -14,7 +14,7 @@ from rescompiler.codegen import (
     Namespace,
     all_of,
     annotation,
-    block_count_source,
+    block_count_terms,
     camel,
     clean,
     counters_read,
@@ -43,7 +43,7 @@ from rescompiler.identifiers import (
 )
 from rescompiler.infer import MERGES
 from rescompiler.ir import IRNode
-from rescompiler.pyformat import LINE_LENGTH, Call, layout
+from rescompiler.pyformat import LINE_LENGTH, Call, layout, layout_sum
 from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase, Reuse
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -952,7 +952,7 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
     counters = counters_read(model)
     if "block_count" in counters:  # the blocks of all stages, for rates scaled over depth
         scope.count_var = scope.init_ns.create("block_count")
-        scope.init += layout(8, f"{scope.count_var} = ", block_count_source(model))
+        scope.init += layout_sum(8, f"{scope.count_var} = ", block_count_terms(model))
     if "block_index" in counters:
         scope.counter = scope.init_ns.create("block_index")
         scope.init.append(f"        {scope.counter} = 0")
