@@ -51,6 +51,17 @@ def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+# torchvision specs whose eval forward is measured against torchvision
+FORWARD = (
+    "resnet50",
+    "densenet121",
+    "convnext_tiny",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+)
+
+
 def torch_models(name: str, inference: bool = False) -> dict[str, torch.nn.Module]:
     """torchvision's model and ours (built, generated; the inference build too when asked),
     all with torchvision's weights."""
@@ -283,13 +294,24 @@ def main() -> None:
     """Run every benchmark, write results.{json,md} and print the Markdown."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument(
+        "--forward-only",
+        nargs="+",
+        metavar="SPEC",
+        help="only the torch forward rows of these torchvision specs (printed, not written)",
+    )
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
     torch.set_num_threads(os.cpu_count() or 1)
     quick = args.quick
     forward_repeats = {1: 5 if quick else 21, 8: 3 if quick else 9}
     sections: dict[str, list[dict[str, Any]]] = {"torch forward (eval, no_grad, CPU)": []}
-    for name in ("resnet50", "densenet121"):
+    if args.forward_only:
+        for name in args.forward_only:
+            sections["torch forward (eval, no_grad, CPU)"] += forward_rows(name, forward_repeats)
+        print(markdown({"machine": f"{cpu_name()}, {os.cpu_count()} cores", "sections": sections}))
+        return
+    for name in FORWARD:
         if (ROOT / "specs" / f"{name}.yaml").exists():
             sections["torch forward (eval, no_grad, CPU)"] += forward_rows(name, forward_repeats)
     rows, keras_versions = keras_rows(quick)

@@ -145,6 +145,7 @@ RULES: dict[str, FieldRule] = {
     "mode": lambda v, f: v,
     "axis": lambda v, f: v,
     "to": lambda v, f: v,
+    "stored": _bool,
     "value": _float,
 }
 PAIR_PADDING_OPS = {"maxpool", "avgpool", "conv_transpose"}

@@ -114,7 +114,7 @@ def _per_channel(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
         value = a.get(key)
         if isinstance(value, tuple) and len(value) not in (1, c):
             raise InferError(f"{key} has {len(value)} values for {c} channels", key)
-    return OpResult(shapes[0], 0, 2 * c + 1 if "mean" in a else 0)
+    return OpResult(shapes[0], 0, 2 * c + 1 if a.get("stored") else 0)
 
 
 def _permute(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:

@@ -204,13 +204,15 @@ class Rescale(NodeBase):
 
 
 class Normalize(NodeBase):
-    """``(x - mean) / sqrt(variance)`` per channel with fixed statistics, kept as weights
-    (Keras ``Normalization``: its mean, variance and count count as parameters, as in
-    keras.applications' EfficientNet, MobileNetV3 and ConvNeXt; torch buffers)."""
+    """``(x - mean) / sqrt(variance)`` per channel with fixed statistics (Keras
+    ``Normalization``). ``stored: true`` keeps them as weights (Keras counts mean, variance and
+    a count, as keras.applications' EfficientNet carries them; torch buffers in the
+    state_dict); ``false`` as constants (keras.applications' ConvNeXt)."""
 
     op: Literal["normalize"]
     mean: FloatExpr | Annotated[list[FloatExpr], Field(min_length=1)]
     variance: FloatExpr | Annotated[list[FloatExpr], Field(min_length=1)]
+    stored: StrictBool = True
 
 
 class Activation(NodeBase):

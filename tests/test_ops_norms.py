@@ -201,3 +201,17 @@ def test_preprocessing_layers_are_keras_s_and_torch_computes_the_same(
     assert np.array_equal(
         np.asarray(again(x.transpose(0, 2, 3, 1))), np.asarray(got.transpose(0, 2, 3, 1))
     )
+
+
+def test_normalize_with_constants_holds_no_weights(write_spec: Callable[..., Path]) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
+    text = PREPROCESS.replace(
+        "variance: [0.05, 0.06, 0.07]}", "variance: [0.05, 0.06, 0.07], stored: false}"
+    )
+    spec = rescompiler.load_spec(write_spec(text))
+    assert spec.graph.stats == 0  # keras.applications' ConvNeXt: Normalization(mean=, variance=)
+    assert "normalization.mean" not in rescompiler.build(spec, "torch").state_dict()
+    model = rescompiler.build(spec, "keras")
+    assert model.get_layer("normalization").weights == []
+    assert model.count_params() == spec.graph.params

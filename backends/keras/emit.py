@@ -730,8 +730,12 @@ class BodyEmitter:
             offset = [] if node.offset == 0.0 else [f"offset={src(node.offset)}"]
             return [(None, "layers.Rescaling", [src(node.scale), *offset])]
         if op == "normalize":
+            values = [src(node.mean), src(node.variance)]
+            if not node.stored:
+                values = [f"mean={values[0]}", f"variance={values[1]}"]
+                return [(None, "layers.Normalization", values)]
             self.m.helpers.add("FixedNormalization")
-            return [(None, "FixedNormalization", [src(node.mean), src(node.variance)])]
+            return [(None, "FixedNormalization", values)]
         if op == "layer_scale":
             self.m.helpers.add("LayerScale")
             return [(None, "LayerScale", [src(node.value)])]

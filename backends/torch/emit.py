@@ -299,7 +299,10 @@ class BodyEmitter:
             return Call("Rescale", (py(node.scale), *offset)), cin  # type: ignore[attr-defined]
         if op == "normalize":
             self.s.helpers.add("Normalize")
-            return Call("Normalize", (unwrap(cin), py(node.mean), py(node.variance))), cin  # type: ignore[attr-defined]
+            args = [unwrap(cin), py(node.mean), py(node.variance)]  # type: ignore[attr-defined]
+            if not node.stored:  # type: ignore[attr-defined]
+                args.append("stored=False")
+            return Call("Normalize", tuple(args)), cin
         if op == "permute":
             self.s.helpers.add("Permute")
             dims = "(0, 2, 3, 1)" if node.to == "channels_last" else "(0, 3, 1, 2)"  # type: ignore[attr-defined]
