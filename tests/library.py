@@ -48,10 +48,29 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
     "mobilenet_v2": (3_504_872, False),
     "mobilenet_v3_large": (5_483_032, False),
     "mobilenet_v3_small": (2_542_856, False),
+    "efficientnet_b0": (5_288_548, False),
+    "efficientnet_b1": (7_794_184, False),
+    "efficientnet_b2": (9_109_994, False),
+    "efficientnet_b3": (12_233_232, False),
+    "efficientnet_b4": (19_341_616, False),
+    "efficientnet_b5": (30_389_784, False),
+    "efficientnet_b6": (43_040_704, False),
+    "efficientnet_b7": (66_347_960, False),
+    "efficientnet_v2_s": (21_458_488, False),
+    "efficientnet_v2_m": (54_139_356, False),
+    "efficientnet_v2_l": (118_515_272, False),
 }
 # too big to build several times per test on 2 cores: their counts and headers are checked
 # (test_library.py), their torchvision equivalence on a sibling spec with the same code path
-HEAVY = {"convnext_base", "convnext_large"}
+HEAVY = {
+    "convnext_base",
+    "convnext_large",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "efficientnet_v2_m",
+    "efficientnet_v2_l",
+}
 TORCHVISION = [
     "resnet18",
     "resnet34",
@@ -69,6 +88,8 @@ TORCHVISION = [
     "mobilenet_v2",
     "mobilenet_v3_large",
     "mobilenet_v3_small",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
 ]
 # timm models (timm counts parameters only); each spec's reference is timm.<name>
 TIMM = ["resnet50d", "resnet26d", "seresnet50", "seresnext50_32x4d"]

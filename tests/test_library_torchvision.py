@@ -78,7 +78,7 @@ def test_parameter_count_matches_torchvision(pair: Pair) -> None:
 
 def test_initialisers_are_torchvision_s(pair: Pair) -> None:
     name, spec, _ = pair
-    families = ("densenet", "convnext", "mobilenet")
+    families = ("densenet", "convnext", "mobilenet", "efficientnet")
     family = next((f for f in families if name.startswith(f)), "resnet")
     expected = {
         "resnet": {
@@ -95,6 +95,11 @@ def test_initialisers_are_torchvision_s(pair: Pair) -> None:
             "conv": {"weight": "kaiming_normal_fan_out", "bias": "zeros"},
             "bn": {"weight": "ones", "bias": "zeros"},
             "linear": {"weight": "normal_001", "bias": "zeros"},
+        },
+        "efficientnet": {
+            "conv": {"weight": "kaiming_normal_fan_out", "bias": "zeros"},
+            "bn": {"weight": "ones", "bias": "zeros"},
+            "linear": {"weight": "uniform_fan_out", "bias": "zeros"},
         },
         "convnext": {
             "conv": {"weight": "trunc_normal_002", "bias": "zeros"},
