@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,48 @@ def test_transfer_refuses_models_of_another_spec() -> None:
     with pytest.raises(rescompiler.api.TransferError, match="target keras model"):
         rescompiler.transfer_weights(big, b, keras_small)
     assert all(torch.equal(v, a.state_dict()[k]) for k, v in before.items())
+
+
+def test_convert_moves_the_new_ops_weights(write_spec: Callable[..., Path], tmp_path: Path) -> None:
+    """--convert carries layernorm, groupnorm, layer_scale, channels-last linear and stored
+    normalization statistics torch → Keras → torch unchanged."""
+    text = """\
+    version: 1
+    name: newops
+    input_shape: [3, 16, 16]
+    blocks:
+      cn:
+        body:
+          - group: block
+            body:
+              - {op: conv, out: in_channels, kernel: 3, padding: 1, groups: in_channels}
+              - {op: permute, to: channels_last}
+              - {op: layernorm}
+              - {op: linear, out: 8}
+              - {op: gelu}
+              - {op: linear, out: in_channels}
+              - {op: permute, to: channels_first}
+          - {op: layer_scale, name: gamma, value: 0.5}
+          - {op: add, inputs: [gamma, input]}
+    body:
+      - {op: normalize, mean: [0.4, 0.5, 0.6], variance: [0.1, 0.2, 0.3]}
+      - {op: conv, out: 4, kernel: 3, stride: 2, padding: 1}
+      - {op: groupnorm, groups: 2}
+      - {block: cn, repeat: 2}
+    """
+    path = write_spec(text)
+    model = rescompiler.build(rescompiler.load_spec(path), "torch")
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.5)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    h5 = tmp_path / "w.weights.h5"
+    run = ["--convert", str(tmp_path / "w.pt"), "--to", "keras", "-o", str(h5)]
+    assert cli.run([str(path), *run]) == 0
+    back = tmp_path / "back.pt"
+    assert cli.run([str(path), "--convert", str(h5), "--to", "torch", "-o", str(back)]) == 0
+    again = torch.load(back)
+    original = model.state_dict()
+    assert set(again) == set(original)
+    assert all(torch.equal(again[k], original[k]) for k in original)
