@@ -104,6 +104,8 @@ def test_built_and_generated_agree(name: str) -> None:
     by_name = {layer.name: layer for layer in built.layers}
     for node in spec.graph.nodes:  # every IR node is the layer of its Keras name, so shaped
         layer = by_name[node.names["keras"]]
+        if node.op == "conv":  # a strided conv that may dilate subsamples after it (TF's limit)
+            layer = by_name.get(node.names["keras"] + "_stride", layer)
         assert tuple(layer.output.shape[1:]) == nhwc(node.shape), node.id
 
     total = rescompiler.summarize(spec).total_params
