@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "groups": 1,
     "width_per_group": 64,
     "zero_init_residual": True,
+    "replace_stride_with_dilation": (False, False, False),
 }
 INPUT_SHAPE = (3, 224, 224)  # (C, H, W), as in the spec; the model takes (H, W, C)
 
@@ -165,6 +166,7 @@ def bottleneck(
     x: keras.KerasTensor,
     planes: Any,
     stride: int = 1,
+    dilation: int = 1,
     *,
     name: str,
     groups: int,
@@ -184,16 +186,17 @@ def bottleneck(
     )(x)
     out = layers.BatchNormalization(epsilon=1e-05, momentum=0.9, name=f"{name}_bn1")(out)
     out = layers.Activation("relu", name=f"{name}_relu")(out)
-    out = layers.ZeroPadding2D(1, name=f"{name}_conv2_pad")(out)
+    out = layers.ZeroPadding2D(dilation, name=f"{name}_conv2_pad")(out)
     out = layers.Conv2D(
         width,
         3,
-        strides=stride,
+        dilation_rate=dilation,
         groups=groups,
         use_bias=False,
         kernel_initializer=initializer("kaiming_normal_fan_out"),
         name=f"{name}_conv2",
     )(out)
+    out = layers.MaxPooling2D(1, strides=stride, name=f"{name}_conv2_stride")(out)
     out = layers.BatchNormalization(epsilon=1e-05, momentum=0.9, name=f"{name}_bn2")(out)
     out = layers.Activation("relu", name=f"{name}_relu_1")(out)
     out = layers.Conv2D(
@@ -233,9 +236,13 @@ def Resnet26d(
     groups: int = 1,
     width_per_group: int = 64,
     zero_init_residual: bool = True,
+    replace_stride_with_dilation: Sequence[int] = (False, False, False),
     input_shape: Sequence[int] = (3, 224, 224),
 ) -> keras.Model:
     """resnet26d as the spec defines it, as a functional ``keras.Model``."""
+    d2 = 2 if replace_stride_with_dilation[0] else 1
+    d3 = d2 * (2 if replace_stride_with_dilation[1] else 1)
+    d4 = d3 * (2 if replace_stride_with_dilation[2] else 1)
     inputs = keras.Input(shape=(input_shape[1], input_shape[2], input_shape[0]), name="input")
     x = layers.ZeroPadding2D(1, name="conv1_0_pad")(inputs)
     x = layers.Conv2D(
@@ -282,7 +289,8 @@ def Resnet26d(
         x = bottleneck(
             x,
             planes=128,
-            stride=2 if i == 0 else 1,
+            stride=2 if i == 0 and (not replace_stride_with_dilation[0]) else 1,
+            dilation=1 if i == 0 else d2,
             name=f"layer2_{i}",
             groups=groups,
             width_per_group=width_per_group,
@@ -292,7 +300,8 @@ def Resnet26d(
         x = bottleneck(
             x,
             planes=256,
-            stride=2 if i == 0 else 1,
+            stride=2 if i == 0 and (not replace_stride_with_dilation[1]) else 1,
+            dilation=d2 if i == 0 else d3,
             name=f"layer3_{i}",
             groups=groups,
             width_per_group=width_per_group,
@@ -302,7 +311,8 @@ def Resnet26d(
         x = bottleneck(
             x,
             planes=512,
-            stride=2 if i == 0 else 1,
+            stride=2 if i == 0 and (not replace_stride_with_dilation[2]) else 1,
+            dilation=d3 if i == 0 else d4,
             name=f"layer4_{i}",
             groups=groups,
             width_per_group=width_per_group,

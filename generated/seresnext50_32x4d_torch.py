@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "groups": 32,
     "width_per_group": 4,
     "zero_init_residual": True,
+    "replace_stride_with_dilation": (False, False, False),
 }
 INPUT_SHAPE = (3, 224, 224)
 
@@ -102,6 +103,7 @@ class Bottleneck(nn.Module):
         in_channels: int,
         planes: Any,
         stride: int = 1,
+        dilation: int = 1,
         *,
         groups: int,
         width_per_group: int,
@@ -115,7 +117,14 @@ class Bottleneck(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(
-            width, width, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False
+            width,
+            width,
+            kernel_size=3,
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+            groups=groups,
+            bias=False,
         )
         init_later(self.conv2, weight="kaiming_normal_fan_out")
         self.bn2 = nn.BatchNorm2d(width)
@@ -163,10 +172,14 @@ class Seresnext5032x4d(nn.Module):
         groups: int = 32,
         width_per_group: int = 4,
         zero_init_residual: bool = True,
+        replace_stride_with_dilation: Sequence[int] = (False, False, False),
         input_shape: Sequence[int] = (3, 224, 224),
     ) -> None:
         super().__init__()
         in_channels = input_shape[0]
+        d2 = 2 if replace_stride_with_dilation[0] else 1
+        d3 = d2 * (2 if replace_stride_with_dilation[1] else 1)
+        d4 = d3 * (2 if replace_stride_with_dilation[2] else 1)
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         init_later(self.conv1, weight="kaiming_normal_fan_out")
         self.bn1 = nn.BatchNorm2d(64)
@@ -190,7 +203,8 @@ class Seresnext5032x4d(nn.Module):
             block = Bottleneck(
                 layer2_channels,
                 planes=128,
-                stride=2 if i == 0 else 1,
+                stride=2 if i == 0 and (not replace_stride_with_dilation[0]) else 1,
+                dilation=1 if i == 0 else d2,
                 groups=groups,
                 width_per_group=width_per_group,
                 zero_init_residual=zero_init_residual,
@@ -203,7 +217,8 @@ class Seresnext5032x4d(nn.Module):
             block = Bottleneck(
                 layer3_channels,
                 planes=256,
-                stride=2 if i == 0 else 1,
+                stride=2 if i == 0 and (not replace_stride_with_dilation[1]) else 1,
+                dilation=d2 if i == 0 else d3,
                 groups=groups,
                 width_per_group=width_per_group,
                 zero_init_residual=zero_init_residual,
@@ -216,7 +231,8 @@ class Seresnext5032x4d(nn.Module):
             block = Bottleneck(
                 layer4_channels,
                 planes=512,
-                stride=2 if i == 0 else 1,
+                stride=2 if i == 0 and (not replace_stride_with_dilation[2]) else 1,
+                dilation=d3 if i == 0 else d4,
                 groups=groups,
                 width_per_group=width_per_group,
                 zero_init_residual=zero_init_residual,
