@@ -109,10 +109,15 @@ def _conv_padding(raw: Any, attrs: dict[str, Any], env: Mapping[str, Any]) -> tu
         if raw == "valid":
             return 0, 0, 0, 0
         if attrs["stride"] != (1, 1):
-            raise AttrError(
-                "padding",
-                "padding 'same' needs stride 1; give explicit padding (TF pads asymmetrically)",
-            )
+            # TF's and Keras' "same": the amounts depend on the input size (infer computes
+            # them); a dilated strided conv is a stride-1 conv and a subsample in Keras, whose
+            # "same" pads otherwise
+            if attrs["dilation"] != (1, 1):
+                raise AttrError(
+                    "padding",
+                    "padding 'same' at a stride > 1 needs dilation 1; give explicit padding",
+                )
+            return ("same",)
         pads = []
         for k, d in zip(attrs["kernel"], attrs["dilation"], strict=True):
             total = d * (k - 1)

@@ -74,6 +74,16 @@ def _int(value: Any, *rest: Any) -> int:
     return int(value)
 
 
+def _chr(code: Any, *rest: Any) -> str:
+    """The character of a code point: keras.applications names the j-th block of a stage
+    ``chr(j + 97)`` (block2a, block2b, ...)."""
+    if rest:
+        raise ExprError("chr() takes one argument")
+    if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 0x10FFFF:
+        raise ExprError(f"chr() takes an integer code point, got {code!r}")
+    return chr(code)
+
+
 def _round(value: Any, *ndigits: Any) -> Any:
     if len(ndigits) > 1:
         raise ExprError("round() takes one or two arguments")
@@ -151,6 +161,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "int": _int,
     "round": _round,
     "len": len,
+    "chr": _chr,
     "sum": _sum,
     "ceil": _ceil,
     "floor": _floor,

@@ -82,6 +82,7 @@ GENERATED_BUILTINS = frozenset(
         "TypeError",
         "ValueError",
         "bool",
+        "chr",
         "dict",
         "enumerate",
         "float",

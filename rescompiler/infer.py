@@ -48,10 +48,20 @@ def _window(size: int, kernel: int, stride: int, pad: int, dilation: int, what: 
     return (size + pad - span) // stride + 1
 
 
+def same_padding(h: int, w: int, a: dict[str, Any]) -> tuple[int, int, int, int]:
+    """TF's and Keras' ``same`` at a stride > 1: the output is ceil(size / stride), the
+    padding that needs splits with the odd pixel after (bottom, right)."""
+    pads = []
+    for size, k, s in zip((h, w), a["kernel"], a["stride"], strict=True):
+        total = max((-(-size // s) - 1) * s + k - size, 0)
+        pads += [total // 2, total - total // 2]
+    return pads[0], pads[1], pads[2], pads[3]
+
+
 def _conv(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
     c, h, w = _feature_map(shapes, "conv")
     (kh, kw), (sh, sw), (dh, dw), g = a["kernel"], a["stride"], a["dilation"], a["groups"]
-    t, b, left, r = a["padding"]
+    t, b, left, r = same_padding(h, w, a) if a["padding"] == ("same",) else a["padding"]
     if c % g or a["out"] % g:
         raise InferError(
             f"groups={g} must divide input channels {c} and output channels {a['out']}", "groups"

@@ -172,7 +172,10 @@ def test_wrong_version_and_missing_fields(write_spec: Writer) -> None:
         ("{op: conv, out: 0, kernel: 3}", "out must be positive"),
         ("{op: conv, out: 8, kernel: 64}", "larger than its padded input"),
         ("{op: conv, out: 8, kernel: 3, groups: 5}", "groups=5 must divide"),
-        ("{op: conv, out: 8, kernel: 3, stride: 2, padding: same}", "needs stride 1"),
+        (
+            "{op: conv, out: 8, kernel: 3, stride: 2, dilation: 2, padding: same}",
+            "needs dilation 1",
+        ),
         ("{op: conv, out: 3 / 2, kernel: 3}", "must be an integer"),
         ("{op: conv, out: 8 // 0, kernel: 3}", "division by zero"),
         ("{op: linear, out: 8}", "add a flatten"),

@@ -6,8 +6,9 @@ builds a functional, channels-last ``keras.Model``. The output depends on keras 
 Each op computes what the spec (and the torch backend) computes:
 
 - conv: symmetric padding ``p == dilation * (kernel - 1) / 2`` at stride 1 (all literal in the
-  spec) is ``padding="same"``; any other padding is a ``ZeroPadding2D`` (``<name>_pad``) and a
-  ``valid`` conv, never TF's asymmetric ``same`` at stride 2;
+  spec) is ``padding="same"``, and so is the spec's ``same`` at any stride (TF's, which pads by
+  the input's size); any other padding is a ``ZeroPadding2D`` (``<name>_pad``) and a ``valid``
+  conv;
 - transposed conv: a ``valid`` ``Conv2DTranspose`` (with ``output_padding``), then
   ``Cropping2D`` (``<name>_crop``) by the torch padding;
 - max-pool padding pads with -inf (``PaddedMaxPooling2D``); avg-pool padding counts the padded
@@ -807,6 +808,10 @@ class BodyEmitter:
             args.append(f"strides={pair(node.stride)}")
         chain: list[tuple[str | None, str, list[str]]] = []
         padding = node.padding
+        if padding == "same" and subsample:  # Keras' "same" at stride 1 pads otherwise
+            raise self.m.fail(
+                (*path, "padding"), "keras: padding 'same' with a stride and a dilation"
+            )
         if padding == "same" or self.same_padding(node):
             args.append('padding="same"')
         elif padding != "valid" and not is_neutral(padding, 0):

@@ -204,6 +204,12 @@ class BodyEmitter:
                 self.s.helpers.add(cls)
                 t, b, left, r = (py(v) for v in pad)
                 args.append(f"pad=({left}, {r}, {t}, {b})")
+            # nn.Conv2d takes "same" at stride 1 only; TF's "same" at a stride pads by the size
+            strided_same = op == "conv" and pad == "same" and node.stride != 1  # type: ignore[attr-defined]
+            if strided_same:
+                cls = "PaddedConv2d"
+                self.s.helpers.add(cls)
+                args.append('pad="same"')
             for name, neutral in (
                 ("stride", 1),
                 ("padding", 0),
@@ -214,7 +220,7 @@ class BodyEmitter:
                 value = getattr(node, name, neutral)
                 if value != neutral:
                     if name == "padding" and op == "conv":
-                        value = self.conv_padding(node, index)
+                        value = None if strided_same else self.conv_padding(node, index)
                         if value is None:
                             continue
                         args.append(f"padding={value}")
