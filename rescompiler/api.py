@@ -57,7 +57,7 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
     overrides = dict(overrides or {})
     reads = check_names(model, doc.locate, sink)
     if not invalid:  # a node that failed validation reads names that cannot be known
-        check_unread_params(model, reads, doc.locate, sink)
+        check_unread_params(model, reads, doc.locate, sink, Location(str(path)).file)
     check_identifiers(model, doc.locate, sink)
     env, input_shape = resolve_env(model, doc, overrides, sink, Location(str(path)))
     if input_shape is None:

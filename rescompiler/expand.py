@@ -58,17 +58,19 @@ LAYOUT_FREE = frozenset(
     }
 )
 
-CHILD_NAME = re.compile(r"(0|[1-9][0-9]*|[A-Za-z][A-Za-z0-9_]*)")
+CHILD_NAME = re.compile(r"(0|[1-9][0-9]*|[A-Za-z][A-Za-z0-9_]*(-[A-Za-z0-9_]+)*)")
 BACKEND_NAME = re.compile(r"[A-Za-z0-9_]+")
 MAX_NAME_CHARS = 128
 
 
 def child_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name the child of a stage, or None when it can: a child is named by
-    a non-negative integer (``0``, ``12``) or an identifier that is not a reserved word."""
+    a non-negative integer (``0``, ``12``) or an identifier that is not a reserved word, which
+    may hold inner hyphens (torchvision's RegNet names its blocks ``block1-0``)."""
     if len(name) > 64 or not CHILD_NAME.fullmatch(name):
         return (
-            "a child name is a non-negative integer or letters, digits and _ starting with a letter"
+            "a child name is a non-negative integer or letters, digits, _ and inner - "
+            "starting with a letter"
         )
     if name in RESERVED:
         return "it is a reserved word"
@@ -97,6 +99,8 @@ class Scope:
         return f"{self.prefix}.{local}" if self.prefix else local
 
     def keras_name(self, own: str) -> str:
+        if not own:  # a group named "" adds nothing to the names of its layers
+            return self.keras_prefix
         return f"{self.keras_prefix}_{own}" if self.keras_prefix else own
 
 
@@ -121,6 +125,7 @@ class Expander:
         self.shapes: dict[str, tuple[int, ...] | None] = {}
         self.layouts: dict[str, str] = {}  # node id -> layout of its output (default first)
         self.containers: dict[str, Container] = {}
+        self.group_scopes: dict[str, tuple[Scope, Group]] = {}  # group id -> children, node
         self.params = 0
         self.conditional: set[str] = set()
         self.stack: list[str] = []
@@ -178,13 +183,14 @@ class Expander:
         ok = True
         for key, name in pairs:
             path: PathKey = ("outputs", key) if isinstance(raw, dict) else ("outputs",)
-            if name not in scope.locals:
+            head, *rest = name.split(".")
+            if head not in scope.locals:
                 self.error(
-                    path, f"unknown node {name!r} of the model body{suggest(name, scope.locals)}"
+                    path, f"unknown node {head!r} of the model body{suggest(head, scope.locals)}"
                 )
                 ok = False
                 continue
-            node_id = scope.locals[name]
+            node_id = scope.locals[head] if not rest else self._group_output(name, path)
             if node_id is None:
                 ok = False
                 continue
@@ -196,6 +202,40 @@ class Expander:
                 ok = False
             found[key] = node_id
         return found if ok else None
+
+    def _group_output(self, name: str, path: PathKey) -> str | None:
+        """The node id of ``name``, a child of a group by its dotted path (``features.1``);
+        None after an error. Every group on the way runs its children one by one up to it,
+        so the children before it may not be switched by ``when``."""
+        head, *rest = name.split(".")
+        group_id = head
+        for k, child in enumerate(rest):
+            entry = self.group_scopes.get(group_id)
+            if entry is None:
+                self.error(path, f"{group_id} is not a group: {name} names no node")
+                return None
+            inner, group = entry
+            if child not in inner.locals:
+                self.error(
+                    path,
+                    f"unknown child {child!r} of group {group_id}{suggest(child, inner.locals)}",
+                )
+                return None
+            for position, node in enumerate(group.body):
+                local = str(node.group) if isinstance(node, Group) else (node.name or str(position))
+                if node.when is not None and node.when is not True:
+                    self.error(
+                        path,
+                        f"output {name}: {group_id}.{local} has 'when'; an output inside a group "
+                        "needs the children before it built always",
+                    )
+                    return None
+                if local == child:
+                    break
+            if k == len(rest) - 1:
+                return inner.locals[child]
+            group_id = f"{group_id}.{child}"
+        return None
 
     def _count_stage_blocks(self, body: list[Any]) -> int:
         """Blocks of the stages (``repeat``) of the model body, groups included, that are
@@ -427,11 +467,15 @@ class Expander:
             except ExprError as exc:
                 self.error((*path, "names", backend), str(exc))
                 continue
+            if name == "" and backend == "keras" and isinstance(node, Group):
+                names[backend] = name  # no prefix of its own
+                continue
             if len(name) > MAX_NAME_CHARS or not BACKEND_NAME.fullmatch(name):
+                empty = " (only a group's Keras name may be empty)" if name == "" else ""
                 self.error(
                     (*path, "names", backend),
                     f"{backend} name {short_repr(name)} is not a valid name "
-                    f"(1 to {MAX_NAME_CHARS} letters, digits and _)",
+                    f"(1 to {MAX_NAME_CHARS} letters, digits and _){empty}",
                 )
                 continue
             names[backend] = name
@@ -681,6 +725,7 @@ class Expander:
             group_id, "group", None, {}, names, self.locate(path), format_path(path)
         )
         inner = Scope(group_id, keras, (*scope.containers, group_id), scope.env, {}, is_group=True)
+        self.group_scopes[group_id] = (inner, node)
         return self.expand_body(node.body, (*path, "body"), inner, list(refs))
 
     def expand_call(

@@ -185,12 +185,15 @@ def check_unread_params(
     reads: Reads,
     locate: Callable[[PathKey], Location],
     sink: DiagnosticSink,
+    own_file: str | None = None,
 ) -> None:
     """Report every model param and every block param that no expression reads.
 
     One that is close to a name that is read is a typo (``num_clases`` next to
     ``num_classes``, ``width_per_grup`` in a variant): an error, with the closest name. One
-    that is close to nothing is a warning (a param kept for ``build(**params)``, say)."""
+    that is close to nothing is a warning (a param kept for ``build(**params)``, say), unless
+    it comes from a base file (``own_file`` is the spec's): a variant that deletes the head
+    leaves its base's ``num_classes`` unread, and that is no news."""
     unread: list[tuple[PathKey, str, set[str]]] = [
         (("params", key), f"param {key!r}", reads.model) for key in spec.params
     ]
@@ -209,4 +212,6 @@ def check_unread_params(
             message = f"{what} is never read{hint}"
             sink.error(locate(path), format_path(path), message, f"unread:{format_path(path)}")
         else:
-            sink.warning(locate(path), format_path(path), f"{what} is never read")
+            location = locate(path)
+            if own_file is None or location.file == own_file:
+                sink.warning(location, format_path(path), f"{what} is never read")

@@ -37,14 +37,20 @@ Ident = Annotated[
     StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=64),
     AfterValidator(_not_reserved),
 ]
+# empty only as a group's Keras name (its layers get no prefix of its own): expand checks
 NameTemplate = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9_{}()+\-*/% ]+$", max_length=128)
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_{}()+\-*/% ]*$", max_length=128)
 ]
 # Literals are strict: ``true`` is not the integer 1, ``1`` is not true, ``3.0`` is not 3.
 IntExpr = Annotated[StrictInt | str, Field(union_mode="left_to_right")]
 BoolExpr = Annotated[StrictBool | str, Field(union_mode="left_to_right")]
 FloatExpr = Annotated[StrictFloat | str, Field(union_mode="left_to_right")]  # 1 is 1.0
 OutputName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]+$", max_length=64)]
+# a node of the model body, or a child of one of its groups by dotted path (``features.1``)
+NodePath = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+){0,15}$", max_length=256),
+]
 Pair = IntExpr | list[IntExpr]
 Padding = IntExpr | list[IntExpr]
 InitName = Literal[
@@ -88,7 +94,8 @@ class NodeBase(Strict):
         None, description="when `when` is false, use this node's output instead of the input"
     )
     names: dict[Ident, NameTemplate] = Field(
-        default_factory=dict, description="backend-specific names, e.g. {keras: 1_conv}"
+        default_factory=dict,
+        description="backend-specific names, e.g. {keras: 1_conv}; a group's may be empty",
     )
     doc: str = ""
 
@@ -101,7 +108,11 @@ class InitFields(Strict):
 
 
 class Conv(NodeBase):
-    """2-D convolution (NCHW semantics; padding explicit, ``valid``, or ``same`` at stride 1)."""
+    """2-D convolution (NCHW semantics; padding explicit, ``valid``, or ``same``).
+    ``depthwise: true`` makes a conv whose groups, output and input channels are equal Keras'
+    ``DepthwiseConv2D`` (kernel kh×kw×C×1, as keras.applications' MobileNets hold it) rather
+    than a ``Conv2D`` with groups (kh×kw×1×C, as its ConvNeXt does): the same function and the
+    same torch module, another Keras weight layout."""
 
     op: Literal["conv"]
     out: IntExpr
@@ -112,6 +123,10 @@ class Conv(NodeBase):
     groups: IntExpr = 1
     bias: BoolExpr | None = None
     init: InitFields | None = None
+    depthwise: StrictBool = Field(
+        False,
+        description="Keras' DepthwiseConv2D (needs groups = out = the input's channels)",
+    )
 
 
 class ConvTranspose(NodeBase):
@@ -538,13 +553,14 @@ class SpecModel(Strict):
     body: list[Node] = Field(min_length=1)
     outputs: (
         Annotated[list[Ident], Field(min_length=1)]
-        | Annotated[dict[OutputName, Ident], Field(min_length=1)]
+        | Annotated[dict[OutputName, NodePath], Field(min_length=1)]
         | None
     ) = Field(
         None,
         description=(
             "several named outputs: nodes of the model body, as a list (named as the nodes) "
-            "or {output name: node}; torch returns a dict, Keras a model with these outputs"
+            "or {output name: node}, where a node may be a group's child by dotted path "
+            "(features.1); torch returns a dict, Keras a model with these outputs"
         ),
     )
     edit: dict[str, dict[str, NodeEdit]] | None = Field(

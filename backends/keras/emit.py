@@ -9,6 +9,10 @@ Each op computes what the spec (and the torch backend) computes:
   spec) is ``padding="same"``, and so is the spec's ``same`` at any stride (TF's, which pads by
   the input's size); any other padding is a ``ZeroPadding2D`` (``<name>_pad``) and a ``valid``
   conv;
+- a conv with ``depthwise: true`` is a ``DepthwiseConv2D`` (kernel kh×kw×C×1, the layout of
+  keras.applications' MobileNets), any other a ``Conv2D`` (with ``groups``); a depthwise
+  kernel's fans are the other way round from torch's, so a fan-in initialiser draws by its
+  fan-out there (``depthwise_initializer``);
 - transposed conv: a ``valid`` ``Conv2DTranspose`` (with ``output_padding``), then
   ``Cropping2D`` (``<name>_crop``) by the torch padding;
 - max-pool padding pads with -inf (``PaddedMaxPooling2D``); avg-pool padding counts the padded
@@ -88,12 +92,22 @@ HELPERS = (
     "PadTo",
     "ChannelPad",
     "FoldedConv2D",
+    "FoldedDepthwiseConv2D",
     "FoldedDense",
     "Reduce",
     "LayerScale",
     "FixedNormalization",
 )
-MODULE_NAMES = ("keras", "layers", "build", "initializer", "DEFAULTS", "INPUT_SHAPE", "Any")
+MODULE_NAMES = (
+    "keras",
+    "layers",
+    "build",
+    "initializer",
+    "depthwise_initializer",
+    "DEFAULTS",
+    "INPUT_SHAPE",
+    "Any",
+)
 MODULE_EXTRA = (
     "Sequence",
     "sys",
@@ -258,6 +272,9 @@ class ModuleEmitter:
         self.globals_of = global_names(self.model, reads=node_reads)
         self.helpers: set[str] = set()
         self.needs_init = False
+        self.dotted: frozenset[str] = frozenset()  # named outputs inside groups (features.1)
+        self.captured: dict[str, str] = {}  # such an output -> the variable that keeps it
+        self.needs_depthwise_init = False
         variables = {*self.model.params, *self.model.let}
         for template in self.model.blocks.values():
             variables |= {*template.params, *template.let, *template.inputs}
@@ -338,6 +355,7 @@ class BodyEmitter:
         self.vars: dict[str, str] = {}
         self.bound: dict[str, set[str]] = {}
         self.last: dict[str, int] = {}
+        self.group_path = ""  # the dotted path of the group whose children this emits
 
     # -- output -------------------------------------------------------------------------
     def line(self, indent: int, text: str) -> None:
@@ -519,7 +537,11 @@ class BodyEmitter:
             name_parts(node.names["keras"]) if "keras" in node.names else [(False, str(node.group))]
         )
         self.fn.used |= template_names(node.names.get("keras", ""))
-        inner = BodyEmitter(self.m, self.fn, join_name(self.prefix, own), self.keep)
+        # a group named "" adds nothing to its layers' names
+        prefix = join_name(self.prefix, own) if own else self.prefix
+        inner = BodyEmitter(self.m, self.fn, prefix, self.keep)
+        group_path = f"{self.group_path}.{node.group}" if self.group_path else str(node.group)
+        inner.group_path = group_path
         inner.siblings = {
             (str(child.group) if isinstance(child, Group) else (child.name or str(k))): child
             for k, child in enumerate(node.body)
@@ -548,6 +570,10 @@ class BodyEmitter:
                 self.line(indent, "else:")
                 self.line(indent + 4, f"{var} = {current[0]}")
             current = [var]
+            if f"{group_path}.{local}" in self.m.dotted:  # a named output: kept as it is here
+                kept = self.fn.ns.create(f"{group_path}_{local}".replace(".", "_"))
+                self.line(indent, f"{kept} = {var}")
+                self.m.captured[f"{group_path}.{local}"] = kept
         if current is in_vars and var != in_vars[0]:  # no child is built
             self.line(indent, f"{var} = {in_vars[0]}")
 
@@ -671,7 +697,7 @@ class BodyEmitter:
                 args.append(f"use_bias={src(bias)}")
             args += self.init_args(node, bias, f"{in_var}.shape[-1]")
             if fold is not None:
-                self.m.helpers.add("FoldedDense")
+                self.m.helpers.update({"FoldedConv2D", "FoldedDense"})  # its fold_from
                 return [(None, "FoldedDense", [*args, *self.fold_args(fold)])]
             return [(None, "layers.Dense", args)]
         if op in ACTIVATIONS:
@@ -731,7 +757,12 @@ class BodyEmitter:
             offset = [] if node.offset == 0.0 else [f"offset={src(node.offset)}"]
             return [(None, "layers.Rescaling", [src(node.scale), *offset])]
         if op == "normalize":
-            values = [src(node.mean), src(node.variance)]
+            mean, variance = node.mean, node.variance
+            if isinstance(mean, list) != isinstance(variance, list):  # Keras wants equal shapes
+                size = len(mean if isinstance(mean, list) else variance)
+                mean = mean if isinstance(mean, list) else [mean] * size
+                variance = variance if isinstance(variance, list) else [variance] * size
+            values = [src(mean), src(variance)]
             if not node.stored:
                 values = [f"mean={values[0]}", f"variance={values[1]}"]
                 return [(None, "layers.Normalization", values)]
@@ -800,7 +831,8 @@ class BodyEmitter:
         self, node: Any, path: PathKey, in_var: str, var: str
     ) -> list[tuple[str | None, str, list[str]]]:
         src, pair = self.fn.src, self.fn.pair
-        args = [src(node.out), pair(node.kernel)]
+        depthwise = node.depthwise  # DepthwiseConv2D: one output per input channel
+        args = [pair(node.kernel)] if depthwise else [src(node.out), pair(node.kernel)]
         # Keras refuses strides > 1 with dilation > 1: convolve at stride 1, then keep every
         # stride-th row and column, which is what a strided convolution computes
         subsample = not is_neutral(node.stride, 1) and not is_neutral(node.dilation, 1)
@@ -818,7 +850,7 @@ class BodyEmitter:
             chain.append(("_pad", "layers.ZeroPadding2D", [self.pad4(padding)]))
         if not is_neutral(node.dilation, 1):
             args.append(f"dilation_rate={pair(node.dilation)}")
-        if not is_neutral(node.groups, 1):
+        if not is_neutral(node.groups, 1) and not depthwise:
             args.append(f"groups={src(node.groups)}")
         bias = self.m.default(node, "bias")
         fold = self.absorbed(path)
@@ -827,15 +859,18 @@ class BodyEmitter:
         # torch's default bias bound uses the weight's fan-in: in_channels / groups * kh * kw
         source = var if chain else in_var
         fan_in = f"{source}.shape[-1]"
-        if not is_neutral(node.groups, 1):
+        if depthwise:
+            fan_in = "1"
+        elif not is_neutral(node.groups, 1):
             fan_in += f" // {parenthesise(src(node.groups))}"
         fan_in = self.times_kernel(fan_in, node.kernel)
-        args += self.init_args(node, bias, fan_in)
-        if fold is not None:
-            self.m.helpers.add("FoldedConv2D")
-            chain.append((None, "FoldedConv2D", [*args, *self.fold_args(fold)]))
+        args += self.init_args(node, bias, fan_in, depthwise)
+        layer = "DepthwiseConv2D" if depthwise else "Conv2D"
+        if fold is not None:  # FoldedDepthwiseConv2D uses FoldedConv2D's code
+            self.m.helpers.update({"FoldedConv2D", f"Folded{layer}"})
+            chain.append((None, f"Folded{layer}", [*args, *self.fold_args(fold)]))
         else:
-            chain.append((None, "layers.Conv2D", args))
+            chain.append((None, f"layers.{layer}", args))
         if subsample:
             chain.append(("_stride", "layers.MaxPooling2D", ["1", f"strides={pair(node.stride)}"]))
         return chain
@@ -843,9 +878,12 @@ class BodyEmitter:
     def times_kernel(self, fan_in: str, kernel: Any) -> str:
         if is_literal(kernel):
             kh, kw = pair_of(kernel)
+            if fan_in == "1":
+                return str(kh * kw)
             return fan_in if kh * kw == 1 else f"{fan_in} * {kh * kw}"
         kh, kw = (kernel[0], kernel[1]) if isinstance(kernel, list) else (kernel, kernel)
-        return f"{fan_in} * {parenthesise(self.fn.src(kh))} * {parenthesise(self.fn.src(kw))}"
+        factors = [parenthesise(self.fn.src(kh)), parenthesise(self.fn.src(kw))]
+        return " * ".join(factors if fan_in == "1" else [fan_in, *factors])
 
     def same_padding(self, node: Any) -> bool:
         """Literal symmetric padding equal to dilation * (kernel - 1) / 2 at stride 1."""
@@ -921,10 +959,16 @@ class BodyEmitter:
                 args.append(f"{role}_initializer={arg}")
         return args
 
-    def init_args(self, node: Any, bias: Any, fan_in: str) -> list[str]:
+    def init_args(self, node: Any, bias: Any, fan_in: str, depthwise: bool = False) -> list[str]:
         args = []
         kernel = self.init_arg(self.m.init_value(node, "weight"), "kernel", None)
-        if kernel is not None:
+        if kernel is not None and depthwise:
+            # a DepthwiseConv2D kernel (kh, kw, C, 1) has its fans the other way round
+            if kernel.startswith("initializer("):
+                self.m.needs_depthwise_init = True
+                kernel = f"depthwise_{kernel}"
+            args.append(f"depthwise_initializer={kernel}")
+        elif kernel is not None:
             args.append(f"kernel_initializer={kernel}")
         if bias is not False:
             arg = self.init_arg(self.m.init_value(node, "bias"), "bias", fan_in)
@@ -1058,11 +1102,14 @@ def model_function(m: ModuleEmitter) -> dict[str, Any]:
         fn.counter = fn.ns.create("block_index")
     emitter = BodyEmitter(m, fn, None, keep=frozenset({"inputs"}))
     named = named_outputs(model)
+    m.dotted = frozenset(v for v in named.values() if "." in v)
     result = emitter.emit(
         model.body, ("body",), 4, {"input": "inputs"}, ["input"], outputs=list(named.values())
     )
     if named:  # a model with several named outputs, as keras.applications backbones are used
-        items = ", ".join(f"{json.dumps(k)}: {emitter.vars[v]}" for k, v in named.items())
+        items = ", ".join(
+            f"{json.dumps(k)}: {m.captured.get(v) or emitter.vars[v]}" for k, v in named.items()
+        )
         result = "{" + items + "}"
     lets = lets_used(model.let, fn.used)
     reads = set(fn.used)
@@ -1137,6 +1184,7 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
         functions=functions_used(m.model),
         helpers=sorted(m.helpers),
         needs_init=m.needs_init,
+        needs_depthwise_init=m.needs_depthwise_init,
         blocks=blocks,
         model=main,
         defaults=[(json.dumps(k), literal(v)) for k, v in spec.params.items()],

@@ -104,6 +104,14 @@ class Scope:
     loop_names: dict[str, str] = field(default_factory=dict)
     counter: str | None = None  # variable of block_index (model class, when a stage reads it)
     count_var: str | None = None  # variable of block_count (likewise)
+    # named outputs inside groups (``features.1``): their forward runs child by child
+    dotted: frozenset[str] = frozenset()
+    positions: dict[str, dict[int, int | None]] = field(default_factory=dict)  # nn.Sequential
+    captured: dict[str, str] = field(default_factory=dict)  # dotted output -> its variable
+
+    def targets(self, group: str) -> set[str]:
+        """The children of group ``group`` (its dotted path) that hold or are named outputs."""
+        return {d[len(group) + 1 :].split(".")[0] for d in self.dotted if d.startswith(group + ".")}
 
     def loop_name(self, name: str) -> str:
         """The ``__init__`` variable for a stage's ``i``, ``n`` or ``block``: the name itself
@@ -433,7 +441,8 @@ class BodyEmitter:
                         plan, (when_source(entry[0]) for entry in plan), strict=True
                     )
                 ),
-                [out_local, *outputs],
+                # named outputs: only they are used (a group's child: the group)
+                [o.split(".")[0] for o in outputs] if outputs else [out_local],
             )
         self.index_of = {local: index for index, (_n, local, _names, _alt) in enumerate(plan)}
         self.root: dict[str, str] = {}  # reuse node -> the node whose module it applies
@@ -625,6 +634,13 @@ class BodyEmitter:
             self.s.init += ["        else:", f"            self.{local} = None"]
             if node.when is not None and out_chan != self.channels[alt]:
                 out_chan = f"({out_chan} if self.{local} is not None else {self.channels[alt]})"
+        if isinstance(node, Group) and self.s.targets(local):
+            if cond is not None:
+                raise self.fail(index, "torch: a group holding a named output has 'when'")
+            var, _ = self.choose_var(index, local, names, False)
+            self.unrolled(node, self.attr_ref(local), local, in_vars[0], var)
+            self.vars[local], self.channels[local] = var, out_chan
+            return
         call = self.call_source(node, index, local, in_vars)
         alt_var = self.vars[alt]
         var, reused = self.choose_var(
@@ -641,6 +657,31 @@ class BodyEmitter:
         else:
             self.s.forward += layout(8, f"{var} = ", call)
         self.vars[local], self.channels[local] = var, out_chan
+
+    def unrolled(self, node: Group, ref: str, path: str, in_var: str, var: str) -> None:
+        """The forward of a group holding named outputs: its children one by one (as
+        ``create_feature_extractor`` traces it), each named output kept in a variable."""
+        targets = self.s.targets(path)
+        positions = self.s.positions.get(ref)
+        current = in_var
+        for k, child in enumerate(node.body):
+            local = str(child.group) if isinstance(child, Group) else (child.name or str(k))
+            full = f"{path}.{local}"
+            if positions is not None:  # an nn.Sequential of ops: folded BNs may be gone
+                position = positions[k]
+                child_ref = None if position is None else f"{ref}[{position}]"
+            else:
+                child_ref = f"{ref}[{k}]" if local.isdigit() else f"{ref}.{local}"
+            if child_ref is not None:
+                if isinstance(child, Group) and local in targets:
+                    self.unrolled(child, child_ref, full, current, var)
+                else:
+                    self.s.forward += layout(8, f"{var} = ", Call(child_ref, (current,)))
+                current = var
+            if full in self.s.dotted:
+                kept = self.s.var_ns.create(full.replace(".", "_"))
+                self.s.forward.append(f"        {kept} = {current}")
+                self.s.captured[full] = kept
 
     def emit_conditional_merge(
         self, node: Any, index: int, local: str, names: list[str], alt: str, cond: str
@@ -794,7 +835,10 @@ class BodyEmitter:
             ctors: list[Call | str] = []
             inits, chan = [], cin
             plan = self.s.plan
+            targets = self.s.targets(f"{self.module_path}{local}")
+            positions = self.s.positions[ref] = {}
             for k, child in enumerate(node.body):
+                positions[k] = None
                 child_path = f"{self.path}[{index}].body[{k}]"
                 fold = plan.folds.get(child_path) if plan is not None else None
                 if fold is not None:
@@ -810,7 +854,9 @@ class BodyEmitter:
                         ctors.append("nn.Identity()")  # later modules keep their positions
                     continue
                 inplace = k > 0 and child.op == "relu" and owned_by_reader(node.body[k - 1])
+                inplace = inplace and str(k - 1) not in targets  # a named output stays
                 ctor, chan = self.constructor(child, k, chan, child_path, inplace)
+                positions[k] = len(ctors)
                 inits += self.init_lines(indent, child, f"{ref}[{len(ctors)}]")
                 ctors.append(ctor)
             self.s.init += self.assign(
@@ -827,7 +873,8 @@ class BodyEmitter:
             module_path=f"{self.module_path}{local}.",
         )
         inner.indent = indent  # type: ignore[attr-defined]
-        out = inner.emit(node.body, {"__in": ("", cin)}, "__in")
+        targets = sorted(self.s.targets(f"{self.module_path}{local}"))
+        out = inner.emit(node.body, {"__in": ("", cin)}, "__in", outputs=targets)
         return inner.channels[out]
 
     def emit_group_child(
@@ -967,6 +1014,7 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
         scope.init.append(f"        {scope.counter} = 0")
     x = scope.var_ns.create("x")
     named = named_outputs(model)
+    scope.dotted = frozenset(v for v in named.values() if "." in v)
     out = emitter.emit(
         model.body, {"input": (x, "in_channels")}, "input", outputs=list(named.values())
     )
@@ -979,7 +1027,10 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
         }
         result = Call(
             "",
-            tuple(f"{json.dumps(k)}: {emitter.vars[v]}{contiguous[k]}" for k, v in named.items()),
+            tuple(
+                f"{json.dumps(k)}: {scope.captured.get(v) or emitter.vars[v]}{contiguous[k]}"
+                for k, v in named.items()
+            ),
             brackets="{}",
         )
     params = [
