@@ -139,8 +139,8 @@ def node_names(node: NodeBase) -> set[str]:
 
 
 TEXT_FIELDS = {"doc", "description", "reference", "name", "op", "block", "group", "extends"}
-LIBRARY_FUNCTIONS = ("ceil", "floor", "make_divisible")  # not Python builtins: emitted modules
-# define or import them when the spec calls them
+# not Python builtins: emitted modules define or import them when the spec calls them
+LIBRARY_FUNCTIONS = ("ceil", "floor", "make_divisible", "regnet_stages")
 
 
 def functions_used(model: SpecModel) -> list[str]:

@@ -154,6 +154,79 @@ def _make_divisible(value: Any, divisor: Any, *rest: Any) -> int:
     return make_divisible(value, divisor, minimum)
 
 
+def _float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (ties to even), as a Python float; for the
+    normal, finite magnitudes :func:`regnet_stages` meets."""
+    mantissa, exponent = math.frexp(value)
+    return math.ldexp(round(math.ldexp(mantissa, 24)), exponent - 24)
+
+
+def regnet_stages(
+    depth: int, w_0: int, w_a: float, w_m: float, group_width: int, bottleneck: float = 1.0
+) -> list[list[int]]:
+    """RegNet's stages ``[[width, depth, group width], ...]`` from its quantised linear rule,
+    as torchvision's ``BlockParams.from_init_params`` and ``_adjust_widths_groups_compatibilty``
+    compute them: block ``j`` has the continuous width ``w_0 + j * w_a``, quantised in log
+    space with step ``w_m`` and rounded to a multiple of 8; runs of equal widths are stages,
+    whose bottleneck width is then made divisible by the group width. torchvision computes
+    the block widths in float32 tensors: each step is rounded to float32 here alike."""
+    f32 = _float32
+    log_w_m = f32(math.log(w_m))
+    block_widths = []
+    for j in range(depth):
+        continuous = f32(f32(f32(j) * f32(w_a)) + f32(w_0))
+        capacity = round(f32(f32(math.log(f32(continuous / f32(w_0)))) / log_w_m))
+        width = f32(f32(f32(w_0) * f32(f32(w_m) ** capacity)) / 8)
+        block_widths.append(round(width) * 8)
+    stages: list[list[int]] = []
+    for width in block_widths:
+        if stages and stages[-1][0] == width:
+            stages[-1][1] += 1
+        else:
+            stages.append([width, 1])
+    result = []
+    for width, count in stages:
+        inner = int(width * bottleneck)
+        groups = min(group_width, inner)
+        result.append([int(make_divisible(inner, groups) / bottleneck), count, groups])
+    return result
+
+
+def _regnet_stages(*args: Any) -> list[list[int]]:
+    if not 5 <= len(args) <= 6:
+        raise ExprError(
+            "regnet_stages() takes depth, w_0, w_a, w_m, group_width and an optional bottleneck"
+        )
+    depth, w_0, w_a, w_m, group_width = args[:5]
+    bottleneck = args[5] if len(args) == 6 else 1.0
+    for name, value in (("depth", depth), ("w_0", w_0), ("group_width", group_width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExprError(f"regnet_stages(): {name} must be a positive integer, got {value}")
+    for value in (w_a, w_m, bottleneck):
+        _number(value, "regnet_stages")
+    most = MAX_ELEMENTS // 4  # a stage per block at most, of 3 numbers each
+    if depth > most:
+        raise ExprError(f"regnet_stages(): depth must be at most {most:,}, got {depth}")
+    if w_0 % 8:
+        raise ExprError(f"regnet_stages(): w_0 must be a multiple of 8, got {w_0}")
+    if w_a < 0 or not 1 < w_m < 2**31 or bottleneck <= 0:
+        raise ExprError(
+            "regnet_stages(): needs w_a >= 0, 1 < w_m < 2**31 and bottleneck > 0, got "
+            f"w_a={w_a}, w_m={w_m}, bottleneck={bottleneck}"
+        )
+    if w_0 + (depth - 1) * w_a >= 2**31:
+        raise ExprError("regnet_stages(): the block widths w_0 + j * w_a must stay below 2**31")
+    if w_0 * bottleneck < 1:
+        raise ExprError("regnet_stages(): w_0 * bottleneck must be at least 1")
+    try:
+        stages = regnet_stages(depth, w_0, w_a, w_m, group_width, bottleneck)
+    except OverflowError as exc:  # an absurd bottleneck (1e308)
+        raise ExprError(f"regnet_stages(): {exc}") from None
+    if any(width >= 2**31 for width, _, _ in stages):
+        raise ExprError("regnet_stages(): a stage width reaches 2**31")
+    return stages
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min,
     "max": max,
@@ -166,6 +239,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "ceil": _ceil,
     "floor": _floor,
     "make_divisible": _make_divisible,
+    "regnet_stages": _regnet_stages,
 }
 
 

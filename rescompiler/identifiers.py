@@ -48,6 +48,7 @@ MODULE_GLOBALS: dict[str, str] = {
     "ceil": "the generated modules import math.ceil for the expression language's ceil()",
     "floor": "the generated modules import math.floor for the expression language's floor()",
     "make_divisible": "the generated modules define make_divisible()",
+    "regnet_stages": "the generated modules define regnet_stages()",
 }
 for _helper in (
     "Crop",

@@ -212,6 +212,7 @@ HOSTILE_IDENTS = [
     "ceil",
     "floor",
     "make_divisible",
+    "regnet_stages",
     "math",
     "ValueError",
     "hasattr",
@@ -1096,7 +1097,7 @@ HELPER_CLASSES = frozenset(
 HELPER_FUNCTIONS = frozenset(
     [
         *("_pair", "initializer", "fold_batchnorm", "load_plain_weights", "make_divisible"),
-        "_uniform_fan_out",
+        *("_uniform_fan_out", "regnet_stages"),
     ]
 )
 

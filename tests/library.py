@@ -59,6 +59,21 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
     "efficientnet_v2_s": (21_458_488, False),
     "efficientnet_v2_m": (54_139_356, False),
     "efficientnet_v2_l": (118_515_272, False),
+    "regnet_x_400mf": (5_495_976, False),
+    "regnet_x_800mf": (7_259_656, False),
+    "regnet_x_1_6gf": (9_190_136, False),
+    "regnet_x_3_2gf": (15_296_552, False),
+    "regnet_x_8gf": (39_572_648, False),
+    "regnet_x_16gf": (54_278_536, False),
+    "regnet_x_32gf": (107_811_560, False),
+    "regnet_y_400mf": (4_344_144, False),
+    "regnet_y_800mf": (6_432_512, False),
+    "regnet_y_1_6gf": (11_202_430, False),
+    "regnet_y_3_2gf": (19_436_338, False),
+    "regnet_y_8gf": (39_381_472, False),
+    "regnet_y_16gf": (83_590_140, False),
+    "regnet_y_32gf": (145_046_770, False),
+    "regnet_y_128gf": (644_812_894, False),
     "convnext_tiny_keras": (28_589_128, True),
 }
 # left out of the per-spec build tests (torch/Keras built vs generated, equivalence, inference
@@ -77,6 +92,22 @@ HEAVY = {
     "efficientnet_b7",
     "efficientnet_v2_m",
     "efficientnet_v2_l",
+    # RegNets: every one a params-only variant of regnet_y_400mf; x_400mf (no SE) and y_400mf
+    # run the per-spec tests, tests/test_library_regnet.py checks all fifteen on meta and loads
+    # torchvision's weights into y_1_6gf too
+    "regnet_x_800mf",
+    "regnet_x_1_6gf",
+    "regnet_x_3_2gf",
+    "regnet_x_8gf",
+    "regnet_x_16gf",
+    "regnet_x_32gf",
+    "regnet_y_800mf",
+    "regnet_y_1_6gf",
+    "regnet_y_3_2gf",
+    "regnet_y_8gf",
+    "regnet_y_16gf",
+    "regnet_y_32gf",
+    "regnet_y_128gf",
 }
 TORCHVISION = [
     "resnet18",

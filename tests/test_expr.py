@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -97,3 +99,48 @@ def test_integer_arithmetic_matches_python(a: int, b: int, op: str) -> None:
 def test_floor_division_and_modulo_match_python(a: int, b: int) -> None:
     assert ev("a // b", a=a, b=b) == a // b
     assert ev("a % b", a=a, b=b) == a % b
+
+
+# (depth, w_0, w_a, w_m, group_width): two library models, and two whose widths torchvision's
+# float32 arithmetic rounds otherwise than float64 would (a stage one block longer; 944 vs 936)
+REGNET_CASES = [
+    (16, 48, 27.89, 2.09, 8),
+    (23, 80, 49.56, 2.88, 120),
+    (18, 120, 3.0, 1.44, 8),
+    (19, 400, 88.357, 2.35, 16),
+]
+
+
+@pytest.mark.parametrize("case", REGNET_CASES)
+def test_regnet_stages_is_torchvisions_block_params(case: tuple[int, ...]) -> None:
+    regnet = pytest.importorskip("torchvision.models.regnet")
+    for bottleneck in (1.0, 0.5):
+        p = regnet.BlockParams.from_init_params(*case, bottleneck_multiplier=bottleneck)
+        expected = [list(s) for s in zip(p.widths, p.depths, p.group_widths, strict=True)]
+        env = dict(zip(("d", "w0", "wa", "wm", "g", "b"), (*case, bottleneck), strict=True))
+        assert ev("regnet_stages(d, w0, wa, wm, g, b)", **env) == expected
+    assert ev(f"regnet_stages{case}") == ev(f"regnet_stages({', '.join(map(str, case))}, 1.0)")
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("regnet_stages(16, 48, 27.89, 2.09)", "takes depth, w_0, w_a, w_m, group_width"),
+        ("regnet_stages(16.0, 48, 27.89, 2.09, 8)", "depth must be a positive integer"),
+        ("regnet_stages(0, 48, 27.89, 2.09, 8)", "depth must be a positive integer"),
+        ("regnet_stages(16, 48, 27.89, 2.09, g)", "group_width must be a positive integer"),
+        ("regnet_stages(16, 44, 27.89, 2.09, 8)", "w_0 must be a multiple of 8"),
+        ("regnet_stages(16, 48, -1, 2.09, 8)", "needs w_a >= 0, 1 < w_m"),
+        ("regnet_stages(16, 48, 27.89, 1, 8)", "needs w_a >= 0, 1 < w_m"),
+        ("regnet_stages(16, 48, 27.89, 2.09, 8, 0)", "bottleneck > 0"),
+        ("regnet_stages(16, 48, 27.89, 2.09, 8, 0.01)", "w_0 * bottleneck must be at least 1"),
+        ("regnet_stages(16, 48, [1], 2.09, 8)", "takes a number"),
+        ("regnet_stages(10 ** 6, 48, 27.89, 2.09, 8)", "depth must be at most 2,500"),
+        ("regnet_stages(16, 48, 10 ** 12, 2.09, 8)", "must stay below 2**31"),
+        ("regnet_stages(2500, 8, 1e5, 1.0000001, 1)", "a stage width reaches 2**31"),
+        ("regnet_stages(16, 48, 27.89, 2.09, 8, 1e308)", "infinity"),
+    ],
+)
+def test_regnet_stages_checks_its_arguments(source: str, message: str) -> None:
+    with pytest.raises(ExprError, match=re.escape(message)):
+        ev(source, g=True)

@@ -474,6 +474,7 @@ body:
             "child name 'class' of block 0 is not a valid name: it is a reserved",
         ),
         ("child_name: '0{i}'", "child name '00' of block 0 is not a valid name"),
+        ("child_name: 'b{i}-'", "child name 'b0-' of block 0 is not a valid name"),
         ("names: {keras: 'a b{i}'}", "keras name 'a b0' is not a valid name"),
         ("names: {keras: 'x{i / 2}'}", "keras name 'x0.0' is not a valid name"),
     ],
@@ -490,6 +491,7 @@ def test_valid_child_names_still_work(write_spec: Writer) -> None:
     for extra, ids in [
         ("child_name: 'layer{i + 1}'", ["stage.layer1", "stage.layer2", "stage.layer3"]),
         ("child_name: '{i * 10}'", ["stage.0", "stage.10", "stage.20"]),
+        ("child_name: 'block1-{i}'", ["stage.block1-0", "stage.block1-1", "stage.block1-2"]),
         ("names: {keras: 'blk{i}'}", ["stage.0", "stage.1", "stage.2"]),
     ]:
         spec = rescompiler.load_spec(write_spec(STAGE.format(extra=extra)))
