@@ -214,3 +214,27 @@ def test_plain_vs_residual_rejects_a_non_png_output(tmp_path: Path) -> None:
     result = run(EXAMPLES / "plain_vs_residual.py", "--out", tmp_path / "curves.txt")
     assert result.returncode == 2
     assert "--out must name a .png file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fpn_on_spec_backbones_equals_torchvision() -> None:
+    """examples/fpn_backbone.py: the resnet50 and convnext_tiny features specs, compiled and
+    imported, hold torchvision's weights, feed an FPN, and (``--check``) equal
+    ``create_feature_extractor`` bit for bit; a spec without named outputs is one line."""
+    for spec, widths in (
+        ("resnet50_features.yaml", (256, 512, 1024, 2048)),
+        ("convnext_tiny_features.yaml", (96, 192, 384, 768)),
+    ):
+        result = run(
+            EXAMPLES / "fpn_backbone.py", "--spec", EXAMPLE_SPECS / spec, "--size", "64", "--check"
+        )
+        ok(result)
+        levels = [line.split() for line in result.stdout.splitlines() if "-> FPN" in line]
+        shapes = [tuple(int(w.strip("(,)")) for w in words[1:5]) for words in levels]
+        pyramid = [tuple(int(w.strip("(,)")) for w in words[7:11]) for words in levels]
+        sizes = [16, 8, 4, 2]  # 64 / 4, 8, 16, 32
+        assert shapes == [(1, c, s, s) for c, s in zip(widths, sizes, strict=True)]
+        assert pyramid == [(1, 256, s, s) for s in sizes]
+        assert "bit for bit" in result.stdout
+    result = run(EXAMPLES / "fpn_backbone.py", "--spec", SPECS / "resnet18.yaml", "--size", "64")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "has no named outputs" in result.stderr
