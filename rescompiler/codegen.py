@@ -175,6 +175,31 @@ def functions_used(model: SpecModel) -> list[str]:
     return [f for f in LIBRARY_FUNCTIONS if f in found]
 
 
+# initialisers the generated modules define only when a spec names one (the others are always
+# there): Keras' VarianceScaling(2.0, mode, "truncated_normal"), keras.applications'
+# EfficientNet conv initialiser at fan_out (its DepthwiseConv2D's fan_out is torch's fan_in)
+OPTIONAL_INITS = ("kaiming_truncated_normal_fan_out", "kaiming_truncated_normal_fan_in")
+
+
+def optional_inits(model: SpecModel) -> list[str]:
+    """Which of :data:`OPTIONAL_INITS` the spec's ``init`` fields (or expressions) name."""
+    found: set[str] = set()
+
+    def visit(value: Any, in_init: bool) -> None:
+        if isinstance(value, str) and in_init:
+            found.update(n for n in OPTIONAL_INITS if n == value or n in value_names(value))
+        elif isinstance(value, list):
+            for item in value:
+                visit(item, in_init)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if key not in TEXT_FIELDS:
+                    visit(item, in_init or key == "init")
+
+    visit(model.model_dump(exclude_defaults=True), False)
+    return [n for n in OPTIONAL_INITS if n in found]
+
+
 def walk(body: Iterable[Any]) -> Iterable[Any]:
     """Every node of a body, groups' children included."""
     for node in body:

@@ -63,6 +63,8 @@ InitName = Literal[
     "trunc_normal_002",
     "normal_001",
     "uniform_fan_out",
+    "kaiming_truncated_normal_fan_out",
+    "kaiming_truncated_normal_fan_in",
     "zeros",
     "ones",
 ]

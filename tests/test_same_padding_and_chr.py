@@ -1,7 +1,9 @@
-"""Two pieces of the spec language that keras.applications' EfficientNets need: conv
-`padding: same` at a stride (TF's and Keras' `same`, which pads by the input's size) and
-`chr()` in expressions (keras names the blocks of a stage `block2a`, `block2b`, ...: chr(j +
-97))."""
+"""Pieces of the spec language that keras.applications' EfficientNets need: conv `padding:
+same` at a stride (TF's and Keras' `same`, which pads by the input's size), `chr()` in
+expressions (keras names the blocks of a stage `block2a`, `block2b`, ...: chr(j + 97)) and the
+initialisers `kaiming_truncated_normal_fan_out` / `_fan_in` (Keras' VarianceScaling(2.0, mode,
+"truncated_normal"); tests/test_seeded_init.py compares whole Keras models with
+keras.applications' under one seed)."""
 
 from __future__ import annotations
 
@@ -90,3 +92,39 @@ def test_chr_names_the_blocks_of_a_stage(tmp_path: Any) -> None:
         )
         with pytest.raises(rescompiler.SpecError, match=message):
             rescompiler.load_spec(path)
+
+
+INITS = """
+version: 1
+name: inits
+input_shape: [96, 8, 8]
+body:
+  - {op: conv, name: a, out: 128, kernel: 3, padding: 1, bias: false,
+     init: {weight: kaiming_truncated_normal_fan_out}}
+  - {op: conv, name: b, out: 128, kernel: 5, padding: 2, groups: 128, bias: false,
+     init: {weight: kaiming_truncated_normal_fan_in}}
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "keras"])
+def test_truncated_normal_initialisers_scale_by_their_fan(tmp_path: Any, backend: str) -> None:
+    """Both backends draw a normal cut at two standard deviations whose variance is 2 / fan:
+    fan_out of a conv is out * kh * kw, fan_in of a depthwise conv kh * kw (keras'
+    DepthwiseConv2D's fan_out). The cut makes every |w| <= 2 sqrt(2 / fan) / 0.8796."""
+    pytest.importorskip(backend)
+    path = tmp_path / "inits.yaml"
+    path.write_text(INITS)
+    spec = rescompiler.load_spec(path)
+    model = rescompiler.build(spec, backend=backend)
+    if backend == "torch":
+        weights = {name: p.detach().numpy() for name, p in model.named_parameters()}
+        a, b = weights["a.weight"], weights["b.weight"]
+    else:
+        a, b = (model.get_layer(n).get_weights()[0] for n in ("a", "b"))
+    assert a.size == 128 * 96 * 9 and b.size == 128 * 25
+    for w, fan in ((a, 128 * 9), (b, 25)):
+        std = (2.0 / fan) ** 0.5
+        assert abs(float(w.std()) / std - 1) < 0.05
+        assert abs(float(w.mean())) < 0.05 * std
+        assert float(np.abs(w).max()) <= 2 * std / 0.87962566103423978 + 1e-6
+        assert float(np.abs(w).max()) > 1.8 * std  # a normal's tail, cut near 2.27 std
