@@ -138,7 +138,7 @@ def res_bottleneck(
     ``{name}_<layer>``.
     """
     in_channels = x.shape[-1]
-    width = int(round(out * bottleneck))
+    width = round(out * bottleneck)
     if stride != 1 or in_channels != out:
         proj = layers.Conv2D(
             out,
@@ -173,7 +173,7 @@ def res_bottleneck(
     x = layers.BatchNormalization(epsilon=1e-05, momentum=0.9, name=f"{name}_f_b_1")(x)
     x = layers.Activation("relu", name=f"{name}_f_b_2")(x)
     if se_ratio > 0:
-        x = se(x, squeeze=int(round(se_ratio * in_channels)), name=f"{name}_f_se")
+        x = se(x, squeeze=round(se_ratio * in_channels), name=f"{name}_f_se")
     x = layers.Conv2D(
         out,
         1,

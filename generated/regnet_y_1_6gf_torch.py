@@ -147,7 +147,7 @@ class ResBottleneck(nn.Module):
         se_ratio: float,
     ) -> None:
         super().__init__()
-        width = int(round(out * bottleneck))
+        width = round(out * bottleneck)
         if stride != 1 or in_channels != out:
             self.proj = nn.Sequential(
                 nn.Conv2d(in_channels, out, kernel_size=1, stride=stride, bias=False),
@@ -184,7 +184,7 @@ class ResBottleneck(nn.Module):
         )
         init_later(self.f.b[0], weight="kaiming_normal_fan_out")
         if se_ratio > 0:
-            self.f.add_module("se", Se(width, squeeze=int(round(se_ratio * in_channels))))
+            self.f.add_module("se", Se(width, squeeze=round(se_ratio * in_channels)))
         self.f.add_module(
             "c",
             nn.Sequential(
