@@ -59,6 +59,7 @@ FORWARD = (
     "mobilenet_v2",
     "mobilenet_v3_large",
     "efficientnet_b0",
+    "regnet_y_1_6gf",
 )
 
 
@@ -316,9 +317,11 @@ def main() -> None:
             sections["torch forward (eval, no_grad, CPU)"] += forward_rows(name, forward_repeats)
     rows, keras_versions = keras_rows(quick)
     sections["keras forward (eval, tf.function, CPU)"] = rows
-    sections["torch training step (forward + backward + SGD)"] = train_rows(
-        "resnet50", 3 if quick else 9
-    )
+    sections["torch training step (forward + backward + SGD)"] = [
+        row  # efficientnet_b0 in training mode: dropout and stochastic depth on
+        for name in ("resnet50", "efficientnet_b0")
+        for row in train_rows(name, 3 if quick else 9)
+    ]
     sections["build time"] = build_rows("resnet50", 3 if quick else 11)
     sections["front end + emit"] = front_end_rows(3 if quick else 11)
     sections["cold start"] = cold_start_rows(3 if quick else 9)

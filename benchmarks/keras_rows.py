@@ -23,24 +23,66 @@ from typing import Any
 from .measure import interleaved_medians
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"resnet50v2": "ResNet50V2", "resnet50v1": "ResNet50"}
+# spec -> keras.applications model it reproduces (its layer names: weights copy by name)
+MODELS = {
+    "resnet50v2": "ResNet50V2",
+    "resnet50v1": "ResNet50",
+    "convnext_tiny_keras": "ConvNeXtTiny",
+    "mobilenet_v2_keras": "MobileNetV2",
+    "mobilenet_v3_large_keras": "MobileNetV3Large",
+    "efficientnet_b0_keras": "EfficientNetB0",
+    "densenet121_keras": "DenseNet121",
+}
 
 
 def keras_models(name: str) -> dict[str, Any]:
-    """keras.applications' model and ours (built, generated), all with the reference weights."""
+    """keras.applications' model and ours (built, generated, and the inference build: BNs
+    folded), all with the reference weights (BN statistics made non-trivial first)."""
     import keras
+    import numpy as np
+    from rescompiler.backends.keras.fold import load_plain_weights
 
     import rescompiler
 
     reference = getattr(keras.applications, MODELS[name])(weights=None)
+    rng = np.random.default_rng(0)
+    for layer in flat_layers(reference):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                    rng.uniform(-0.2, 0.2, beta.shape).astype("float32"),
+                    rng.uniform(-0.5, 0.5, mean.shape).astype("float32"),
+                    rng.uniform(0.5, 2.0, variance.shape).astype("float32"),
+                ]
+            )
     spec = rescompiler.load_spec(ROOT / "specs" / f"{name}.yaml")
     built = rescompiler.build(spec, "keras")
     generated = importlib.import_module(f"generated.{name}_keras").build()
     for model in (built, generated):
-        for layer in reference.layers:
+        layers = {layer.name: layer for layer in flat_layers(model)}
+        for layer in flat_layers(reference):
             if layer.weights:
-                model.get_layer(layer.name).set_weights(layer.get_weights())
-    return {"keras.applications": reference, "built": built, "generated": generated}
+                layers[layer.name].set_weights(layer.get_weights())
+    inference = rescompiler.build(spec, "keras", optimize="inference")
+    load_plain_weights(inference, built)
+    return {
+        "keras.applications": reference,
+        "built": built,
+        "generated": generated,
+        "inference": inference,
+    }
+
+
+def flat_layers(model: Any) -> list[Any]:
+    """A Keras model's layers, nested models (ConvNeXt's Sequentials) flattened."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        found += flat_layers(layer) if isinstance(layer, keras.Model) else [layer]
+    return found
 
 
 def peak_bytes(call: Any) -> int:
@@ -78,7 +120,7 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
                 samples[k].append(peak_bytes(lambda f=f, x=x: f(x)))
         peaks = {k: statistics.median(v) for k, v in samples.items()}
         ref = "keras.applications"
-        for variant in ("built", "generated"):
+        for variant in ("built", "generated", "inference"):
             rows.append(
                 {
                     "benchmark": f"keras forward {name} b{batch} 224",
@@ -99,15 +141,20 @@ def main() -> None:
     """Print the Keras rows as one JSON document on stdout."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.keras_rows")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="a subset")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # the CPU allocator keeps the statistics peak_bytes reads only when it is TF's BFC one
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     import keras
     import tensorflow as tf
 
     repeats = {1: 5 if args.quick else 21, 8: 3 if args.quick else 9}
     rows = []
-    for name in MODELS:
-        rows += forward_rows(name, repeats)
+    parser_models = args.models or list(MODELS)
+    for name in parser_models:
+        if (ROOT / "specs" / f"{name}.yaml").exists():
+            rows += forward_rows(name, repeats)
     versions = f"tensorflow {tf.__version__}, keras {keras.__version__}"
     json.dump({"versions": versions, "rows": rows}, sys.stdout)
     sys.stdout.write("\n")
