@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "stochastic_depth_prob": 0.0,
     "layer_scale": 1e-06,
     "softmax": True,
+    "keras_name": "convnext_tiny",
 }
 INPUT_SHAPE = (3, 224, 224)  # (C, H, W), as in the spec; the model takes (H, W, C)
 
@@ -92,6 +93,7 @@ def ConvnextTinyKeras(
     stochastic_depth_prob: float = 0.0,
     layer_scale: float = 1e-06,
     softmax: bool = True,
+    keras_name: str = "convnext_tiny",
     input_shape: Sequence[int] = (3, 224, 224),
 ) -> keras.Model:
     """convnext_tiny_keras as the spec defines it, as a functional ``keras.Model``."""
@@ -101,53 +103,53 @@ def ConvnextTinyKeras(
     x = layers.Normalization(
         mean=[0.485 * 255, 0.456 * 255, 0.406 * 255],
         variance=[(0.229 * 255) ** 2, (0.224 * 255) ** 2, (0.225 * 255) ** 2],
-        name="convnext_tiny_prestem_normalization",
+        name=f"{keras_name}_prestem_normalization",
     )(inputs)
-    x = layers.Conv2D(dims[0], 4, strides=4, name="convnext_tiny_stem_conv")(x)
-    x = layers.LayerNormalization(epsilon=1e-06, name="convnext_tiny_stem_layernorm")(x)
+    x = layers.Conv2D(dims[0], 4, strides=4, name=f"{keras_name}_stem_conv")(x)
+    x = layers.LayerNormalization(epsilon=1e-06, name=f"{keras_name}_stem_layernorm")(x)
     for i in range(depths[0]):
         x = cnblock(
             x,
             sd_prob=stochastic_depth_prob * block_index / (block_count - 1),
-            name=f"convnext_tiny_stage_0_block_{i}",
+            name=f"{keras_name}_stage_0_block_{i}",
             layer_scale=layer_scale,
         )
         block_index += 1
-    x = layers.LayerNormalization(epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_0")(x)
-    x = layers.Conv2D(dims[1], 2, strides=2, name="convnext_tiny_downsampling_conv_0")(x)
+    x = layers.LayerNormalization(epsilon=1e-06, name=f"{keras_name}_downsampling_layernorm_0")(x)
+    x = layers.Conv2D(dims[1], 2, strides=2, name=f"{keras_name}_downsampling_conv_0")(x)
     for i in range(depths[1]):
         x = cnblock(
             x,
             sd_prob=stochastic_depth_prob * block_index / (block_count - 1),
-            name=f"convnext_tiny_stage_1_block_{i}",
+            name=f"{keras_name}_stage_1_block_{i}",
             layer_scale=layer_scale,
         )
         block_index += 1
-    x = layers.LayerNormalization(epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_1")(x)
-    x = layers.Conv2D(dims[2], 2, strides=2, name="convnext_tiny_downsampling_conv_1")(x)
+    x = layers.LayerNormalization(epsilon=1e-06, name=f"{keras_name}_downsampling_layernorm_1")(x)
+    x = layers.Conv2D(dims[2], 2, strides=2, name=f"{keras_name}_downsampling_conv_1")(x)
     for i in range(depths[2]):
         x = cnblock(
             x,
             sd_prob=stochastic_depth_prob * block_index / (block_count - 1),
-            name=f"convnext_tiny_stage_2_block_{i}",
+            name=f"{keras_name}_stage_2_block_{i}",
             layer_scale=layer_scale,
         )
         block_index += 1
-    x = layers.LayerNormalization(epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_2")(x)
-    x = layers.Conv2D(dims[3], 2, strides=2, name="convnext_tiny_downsampling_conv_2")(x)
+    x = layers.LayerNormalization(epsilon=1e-06, name=f"{keras_name}_downsampling_layernorm_2")(x)
+    x = layers.Conv2D(dims[3], 2, strides=2, name=f"{keras_name}_downsampling_conv_2")(x)
     for i in range(depths[3]):
         x = cnblock(
             x,
             sd_prob=stochastic_depth_prob * block_index / (block_count - 1),
-            name=f"convnext_tiny_stage_3_block_{i}",
+            name=f"{keras_name}_stage_3_block_{i}",
             layer_scale=layer_scale,
         )
         block_index += 1
-    x = layers.GlobalAveragePooling2D(name="convnext_tiny_head_gap")(x)
-    x = layers.LayerNormalization(epsilon=1e-06, name="convnext_tiny_head_layernorm")(x)
-    x = layers.Dense(num_classes, name="convnext_tiny_head_dense")(x)
+    x = layers.GlobalAveragePooling2D(name=f"{keras_name}_head_gap")(x)
+    x = layers.LayerNormalization(epsilon=1e-06, name=f"{keras_name}_head_layernorm")(x)
+    x = layers.Dense(num_classes, name=f"{keras_name}_head_dense")(x)
     if softmax:
-        x = layers.Softmax(name="convnext_tiny_head_softmax")(x)
+        x = layers.Softmax(name=f"{keras_name}_head_softmax")(x)
     return keras.Model(inputs, x, name="convnext_tiny_keras")
 
 

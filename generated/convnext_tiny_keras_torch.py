@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "stochastic_depth_prob": 0.0,
     "layer_scale": 1e-06,
     "softmax": True,
+    "keras_name": "convnext_tiny",
 }
 INPUT_SHAPE = (3, 224, 224)
 
@@ -193,6 +194,7 @@ class ConvnextTinyKeras(nn.Module):
         stochastic_depth_prob: float = 0.0,
         layer_scale: float = 1e-06,
         softmax: bool = True,
+        keras_name: str = "convnext_tiny",
         input_shape: Sequence[int] = (3, 224, 224),
     ) -> None:
         super().__init__()

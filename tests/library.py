@@ -75,6 +75,10 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
     "regnet_y_32gf": (145_046_770, False),
     "regnet_y_128gf": (644_812_894, False),
     "convnext_tiny_keras": (28_589_128, True),
+    "convnext_small_keras": (50_223_688, True),
+    "convnext_base_keras": (88_591_464, True),
+    "convnext_large_keras": (197_767_336, True),
+    "convnext_xlarge_keras": (350_196_968, True),
 }
 # left out of the per-spec build tests (torch/Keras built vs generated, equivalence, inference
 # builds) to keep the suite in budget on 2 cores: too big to build several times per test, or a
@@ -84,6 +88,13 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
 HEAVY = {
     "convnext_base",
     "convnext_large",
+    # params of convnext_tiny_keras (depths, dims, the Keras model name);
+    # tests/test_library_convnext_keras_sizes.py checks all four counts against keras' and
+    # small layer by layer (its per-spec tests: ~130 s)
+    "convnext_small_keras",
+    "convnext_base_keras",
+    "convnext_large_keras",
+    "convnext_xlarge_keras",
     "efficientnet_b2",
     "efficientnet_b3",
     "efficientnet_b4",
