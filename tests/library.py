@@ -79,6 +79,21 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
     "convnext_base_keras": (88_591_464, True),
     "convnext_large_keras": (197_767_336, True),
     "convnext_xlarge_keras": (350_196_968, True),
+    "efficientnet_b0_keras": (5_330_571, True),
+    "efficientnet_b1_keras": (7_856_239, True),
+    "efficientnet_b2_keras": (9_177_569, True),
+    "efficientnet_b3_keras": (12_320_535, True),
+    "efficientnet_b4_keras": (19_466_823, True),
+    "efficientnet_b5_keras": (30_562_527, True),
+    "efficientnet_b6_keras": (43_265_143, True),
+    "efficientnet_b7_keras": (66_658_687, True),
+    "efficientnet_v2_b0_keras": (7_200_312, True),
+    "efficientnet_v2_b1_keras": (8_212_124, True),
+    "efficientnet_v2_b2_keras": (10_178_374, True),
+    "efficientnet_v2_b3_keras": (14_467_622, True),
+    "efficientnet_v2_s_keras": (21_612_360, True),
+    "efficientnet_v2_m_keras": (54_431_388, True),
+    "efficientnet_v2_l_keras": (119_027_848, True),
 }
 # left out of the per-spec build tests (torch/Keras built vs generated, equivalence, inference
 # builds) to keep the suite in budget on 2 cores: too big to build several times per test, or a
@@ -103,6 +118,24 @@ HEAVY = {
     "efficientnet_b7",
     "efficientnet_v2_m",
     "efficientnet_v2_l",
+    # params of efficientnet_b0_keras / efficientnet_v2_b0_keras, which
+    # tests/test_library_efficientnet_keras.py checks layer by layer against keras (and all
+    # counts against keras' count_params()); v2_b0 is checked there only (seeded init, names,
+    # outputs, torch<->Keras): its code paths are b0's (same padding, depthwise, SE, init)
+    "efficientnet_v2_b0_keras",
+    "efficientnet_b1_keras",
+    "efficientnet_b2_keras",
+    "efficientnet_b3_keras",
+    "efficientnet_b4_keras",
+    "efficientnet_b5_keras",
+    "efficientnet_b6_keras",
+    "efficientnet_b7_keras",
+    "efficientnet_v2_b1_keras",
+    "efficientnet_v2_b2_keras",
+    "efficientnet_v2_b3_keras",
+    "efficientnet_v2_s_keras",
+    "efficientnet_v2_m_keras",
+    "efficientnet_v2_l_keras",
     # RegNets: every one a params-only variant of regnet_y_400mf; x_400mf (no SE) and y_400mf
     # run the per-spec tests, tests/test_library_regnet.py checks all fifteen on meta and loads
     # torchvision's weights into y_1_6gf too
