@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -99,12 +100,20 @@ def test_keras_seeded_init_equals_keras_applications(name: str, application: str
     reference = getattr(keras.applications, application)(weights=None, input_shape=(32, 32, 3))
     keras.utils.set_random_seed(0)
     ours = rescompiler.build(spec, "keras")
+
+    def flat(model: Any) -> list[Any]:  # nested models (ConvNeXt's Sequentials) flattened
+        return [
+            inner
+            for layer in model.layers
+            for inner in (flat(layer) if isinstance(layer, keras.Model) else [layer])
+        ]
+
+    mine = {layer.name: layer for layer in flat(ours)}
     compared = 0
-    for layer in reference.layers:
+    for layer in flat(reference):
         if not layer.weights:
             continue
-        mine = ours.get_layer(layer.name)
-        for a, b in zip(layer.get_weights(), mine.get_weights(), strict=True):
+        for a, b in zip(layer.get_weights(), mine[layer.name].get_weights(), strict=True):
             assert a.shape == b.shape and np.array_equal(a, b), layer.name
             compared += 1
     assert compared == len(reference.weights)
