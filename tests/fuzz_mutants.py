@@ -1079,6 +1079,7 @@ ALLOWED_BASES = {
     "layers.Layer",
     "layers.Conv2D",
     "layers.Dense",
+    "layers.Normalization",
 }
 ALLOWED_DECORATORS = {"keras.saving.register_keras_serializable(package='rescompiler')"}
 # nn.Module's public members (test_identifiers checks the list against dir(nn.Module)): a
@@ -1097,7 +1098,7 @@ HELPER_CLASSES = frozenset(
 HELPER_FUNCTIONS = frozenset(
     [
         *("_pair", "initializer", "fold_batchnorm", "load_plain_weights", "make_divisible"),
-        *("_uniform_fan_out", "regnet_stages"),
+        *("_uniform_fan_out", "_kaiming_truncated_normal", "regnet_stages"),
     ]
 )
 
