@@ -151,6 +151,7 @@ RULES: dict[str, FieldRule] = {
     "axis": lambda v, f: v,
     "to": lambda v, f: v,
     "stored": _bool,
+    "depthwise": _bool,
     "value": _float,
 }
 PAIR_PADDING_OPS = {"maxpool", "avgpool", "conv_transpose"}

@@ -44,6 +44,7 @@ MODULE_GLOBALS: dict[str, str] = {
     "fold": f"{_TORCH} defines fold()",
     "fold_batchnorm": "the generated modules define fold_batchnorm()",
     "initializer": f"{_KERAS} defines initializer()",
+    "depthwise_initializer": f"{_KERAS} defines depthwise_initializer()",
     "load_plain_weights": f"{_KERAS} defines load_plain_weights()",
     "ceil": "the generated modules import math.ceil for the expression language's ceil()",
     "floor": "the generated modules import math.floor for the expression language's floor()",
@@ -71,6 +72,7 @@ for _helper in (
     "DilatedConv2DTranspose",
     "BilinearUpSampling2D",
     "FoldedConv2D",
+    "FoldedDepthwiseConv2D",
     "FoldedDense",
 ):
     MODULE_GLOBALS[_helper] = f"the generated modules define a helper class {_helper}"

@@ -66,6 +66,13 @@ def _conv(a: dict[str, Any], shapes: Sequence[Shape]) -> OpResult:
         raise InferError(
             f"groups={g} must divide input channels {c} and output channels {a['out']}", "groups"
         )
+    if a.get("depthwise") and not g == c == a["out"]:
+        raise InferError(
+            "depthwise: true needs groups, out and the input channels equal (Keras' "
+            f"DepthwiseConv2D, one output per channel): groups={g}, out={a['out']}, {c} input "
+            "channels",
+            "depthwise",
+        )
     oh = _window(h, kh, sh, t + b, dh, "kernel")
     ow = _window(w, kw, sw, left + r, dw, "kernel")
     weights = a["out"] * (c // g) * kh * kw

@@ -166,6 +166,7 @@ HOSTILE_IDENTS = [
     "INITIALISERS",
     "INPUT_SHAPE",
     "initializer",
+    "depthwise_initializer",
     "fold_batchnorm",
     "load_plain_weights",
     "Subsample",
@@ -179,6 +180,7 @@ HOSTILE_IDENTS = [
     "PaddedAveragePooling2D",
     "BilinearUpSampling2D",
     "FoldedConv2D",
+    "FoldedDepthwiseConv2D",
     "FoldedDense",
     "Bottleneck",
     "BasicBlock",
@@ -1078,6 +1080,7 @@ ALLOWED_BASES = {
     "nn.LayerNorm",
     "layers.Layer",
     "layers.Conv2D",
+    "layers.DepthwiseConv2D",
     "layers.Dense",
     "layers.Normalization",
 }
@@ -1091,13 +1094,14 @@ HELPER_CLASSES = frozenset(
     [
         *("Crop", "CropTo", "PadTo", "Subsample", "ChannelPad", "GlobalPool", "PaddedConv2d"),
         *("PaddedMaxPooling2D", "PaddedAveragePooling2D", "BilinearUpSampling2D"),
-        *("FoldedConv2D", "FoldedDense"),
+        *("FoldedConv2D", "FoldedDepthwiseConv2D", "FoldedDense"),
         *("Reduce", "LayerNorm2d", "Permute", "DropPath", "LayerScale"),
     ]
 )
 HELPER_FUNCTIONS = frozenset(
     [
-        *("_pair", "initializer", "fold_batchnorm", "load_plain_weights", "make_divisible"),
+        *("_pair", "initializer", "depthwise_initializer", "fold_batchnorm"),
+        *("load_plain_weights", "make_divisible"),
         *("_uniform_fan_out", "_kaiming_truncated_normal", "regnet_stages"),
     ]
 )

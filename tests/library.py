@@ -79,6 +79,12 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
     "convnext_base_keras": (88_591_464, True),
     "convnext_large_keras": (197_767_336, True),
     "convnext_xlarge_keras": (350_196_968, True),
+    "densenet121_keras": (8_062_504, True),
+    "densenet169_keras": (14_307_880, True),
+    "densenet201_keras": (20_242_984, True),
+    "mobilenet_v2_keras": (3_538_984, True),
+    "mobilenet_v3_large_keras": (5_507_432, True),
+    "mobilenet_v3_small_keras": (2_554_968, True),
     "efficientnet_b0_keras": (5_330_571, True),
     "efficientnet_b1_keras": (7_856_239, True),
     "efficientnet_b2_keras": (9_177_569, True),
@@ -98,8 +104,11 @@ REFERENCE_PARAMS: dict[str, tuple[int, bool]] = {
 # left out of the per-spec build tests (torch/Keras built vs generated, equivalence, inference
 # builds) to keep the suite in budget on 2 cores: too big to build several times per test, or a
 # variant that only changes params of a sibling that runs the same code. Their counts, headers,
-# generated files and seeded init (torchvision's state_dict key by key) are still checked;
-# tests/test_library_efficientnet.py loads torchvision's weights into b1 and checks all on meta.
+# generated files and seeded init (torchvision's state_dict key by key) are still checked, but
+# not a Keras seeded init (two Keras builds of a keras.applications model: 10-30 s each);
+# tests/test_library_efficientnet.py loads torchvision's weights into b1 and checks all on meta;
+# tests/test_library_densenet_keras.py checks densenet169/201_keras layer by layer against
+# keras' DenseNet written out.
 HEAVY = {
     "convnext_base",
     "convnext_large",
@@ -110,6 +119,8 @@ HEAVY = {
     "convnext_base_keras",
     "convnext_large_keras",
     "convnext_xlarge_keras",
+    "densenet169_keras",
+    "densenet201_keras",
     "efficientnet_b2",
     "efficientnet_b3",
     "efficientnet_b4",

@@ -406,6 +406,10 @@ SINGLE_OPS: dict[str, list[str]] = {
         "{op: dropout, p: 0.5}",
     ],
     "hard_activations": ["{op: hardswish}", "{op: hardsigmoid}"],
+    "depthwise_conv2d": [
+        "{op: conv, out: 4, kernel: 3, stride: 2, padding: same, groups: 4, depthwise: true}",
+        "{op: conv, out: 4, kernel: [3, 5], padding: [1, 2], groups: 4, depthwise: true}",
+    ],
     "mul_channel_gate_and_spatial_map": [
         "{op: global_avgpool, name: pooled}",
         "{op: conv, name: gate, out: 4, kernel: 1}",
@@ -683,6 +687,70 @@ def test_initialisers_draw_from_torch_distributions() -> None:
     assert np.all(keras.ops.convert_to_numpy(zero.get_layer("layer1_0_bn3").gamma) == 0)
     bn = zero.get_layer("layer1_0_bn1")
     assert bn.epsilon == 1e-5 and bn.momentum == pytest.approx(0.9)
+
+
+def test_depthwise_conv_is_a_depthwise_conv2d_drawing_as_torch(
+    write_spec: Callable[..., Path],
+) -> None:
+    """``depthwise: true``: Keras' DepthwiseConv2D (kernel kh×kw×C×1, keras.applications'
+    MobileNet layout) whose initialisers draw as torch's (C, 1, kh, kw) weight does, inside a
+    group named "" (no prefix of its own); a conv that is not depthwise is refused."""
+    text = """
+        version: 1
+        name: depthwise
+        input_shape: [64, 16, 16]
+        blocks:
+          unit:
+            body:
+              - group: inner
+                names: {keras: ""}
+                body:
+                  - {op: conv, name: dw, out: 64, kernel: 3, padding: 1, groups: 64,
+                     depthwise: true, init: {weight: kaiming_normal_fan_out}}
+                  - {op: bn, name: bn}
+              - {op: conv, name: dw2, out: 64, kernel: 3, stride: 2, padding: same, groups: 64,
+                 depthwise: true, init: {weight: torch_default, bias: torch_default}}
+        body:
+          - {block: unit, name: block_1}
+        """
+    spec = rescompiler.load_spec(write_spec(text))
+    assert [node.names["keras"] for node in spec.graph.nodes] == [
+        "block_1_dw",
+        "block_1_bn",
+        "block_1_dw2",
+    ]
+    keras.utils.set_random_seed(0)
+    model = rescompiler.build(spec, "keras")
+    dw, dw2 = model.get_layer("block_1_dw"), model.get_layer("block_1_dw2")
+    assert type(dw).__name__ == type(dw2).__name__ == "DepthwiseConv2D"
+    assert tuple(dw.kernel.shape) == (3, 3, 64, 1) and dw2.padding == "same"
+    kernel = keras.ops.convert_to_numpy(dw.kernel)  # torch: fan-out C·kh·kw, not kh·kw
+    expected = (2 / (64 * 3 * 3)) ** 0.5
+    assert abs(kernel.std() - expected) <= 0.1 * expected
+    bound = 1 / 3  # torch's default: U(±1/sqrt(fan_in)), fan-in kh·kw, for weight and bias
+    for weights in map(keras.ops.convert_to_numpy, (dw2.kernel, dw2.bias)):
+        assert np.abs(weights).max() <= bound and weights.std() > 0.4 * bound
+    source = rescompiler.emit(spec, "keras")
+    assert 'depthwise_initializer=depthwise_initializer("kaiming_normal_fan_out")' in source
+    # the inference build folds the BN into a DepthwiseConv2D, and saves its config
+    from rescompiler.backends.keras.fold import load_plain_weights
+
+    randomize_bn(model)
+    fast = rescompiler.build(spec, "keras", optimize="inference")
+    assert type(fast.get_layer("block_1_dw")).__name__ == "FoldedDepthwiseConv2D"
+    load_plain_weights(fast, model)
+    x = random_input(list(spec.input_shape))
+    assert_close(run(fast, x), run(model, x))
+    clone = keras.Model.from_config(fast.get_config())
+    assert clone.get_layer("block_1_dw").folded_bn == "block_1_bn"
+    bad = write_spec(text.replace("groups: 64,\n                 depthwise", "depthwise"))
+    with pytest.raises(rescompiler.SpecError) as info:
+        rescompiler.load_spec(bad)
+    assert info.value.path == "blocks.unit.body[1].depthwise"
+    assert "groups, out and the input channels equal" in info.value.message
+    empty = write_spec(text.replace("name: bn}", "name: bn, names: {keras: ''}}"))
+    with pytest.raises(rescompiler.SpecError, match="only a group's Keras name may be empty"):
+        rescompiler.load_spec(empty)
 
 
 # -- errors ------------------------------------------------------------------------------------

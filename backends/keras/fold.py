@@ -1,10 +1,11 @@
 """BatchNorm folding for Keras inference builds (``optimize="inference"``).
 
 An inference build has no layer for a folded BatchNorm: the conv or dense layer that absorbs it
-is a ``FoldedConv2D``/``FoldedDense`` (defined in the emitted module) naming the BN it took in
-(``folded_bn``). Its weights come from a plain model of the same spec and params:
-``load_plain_weights(folded, plain)`` copies every layer by name and folds each BN into its
-layer's kernel and bias (exact in eval mode; ``rescompiler.fold`` decides which BNs fold).
+is a ``FoldedConv2D``/``FoldedDepthwiseConv2D``/``FoldedDense`` (defined in the emitted module)
+naming the BN it took in (``folded_bn``). Its weights come from a plain model of the same spec
+and params: ``load_plain_weights(folded, plain)`` copies every layer by name and folds each BN
+into its layer's kernel and bias (exact in eval mode; ``rescompiler.fold`` decides which BNs
+fold).
 """
 
 from __future__ import annotations

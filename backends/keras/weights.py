@@ -5,7 +5,8 @@
 ``import_weights(spec, model, weights)`` sets a Keras model from such a dict. Layers are found
 by their Keras name (``node.names["keras"]``).
 
-Layouts: conv kernels HWIO ↔ torch OIHW (``permute(2, 3, 1, 0)``); transposed-conv kernels
+Layouts: conv kernels HWIO ↔ torch OIHW (``permute(2, 3, 1, 0)``), a ``DepthwiseConv2D``'s
+(kh, kw, C, 1) ↔ torch (C, 1, kh, kw) (``permute(2, 3, 0, 1)``); transposed-conv kernels
 (kh, kw, out, in) ↔ torch (in, out, kh, kw), the same permutation, no flip; dense kernels
 (in, out) ↔ torch (out, in); BN gamma/beta/moving_mean/moving_variance ↔
 weight/bias/running_mean/running_var. A spatial flatten orders features (h, w, c) in Keras and
@@ -79,6 +80,14 @@ def _layer(model: Any, node: Any) -> Any:
         raise KeyError(f"{node.id}: the Keras model has no layer {name!r}") from None
 
 
+def _kernel_axes(node: Any, to_torch: bool) -> tuple[int, int, int, int]:
+    """The permutation from a Keras kernel to a torch weight (``to_torch``) or back: HWIO ↔
+    OIHW, or a DepthwiseConv2D's (kh, kw, C, 1) ↔ (C, 1, kh, kw), its own inverse."""
+    if node.attrs.get("depthwise"):
+        return (2, 3, 0, 1)
+    return (3, 2, 0, 1) if to_torch else (2, 3, 1, 0)
+
+
 def _numpy(variable: Any) -> np.ndarray:
     import numpy as np
 
@@ -99,7 +108,7 @@ def export_weights(spec: Any, model: Any) -> dict[str, dict[str, np.ndarray]]:
         tensors: dict[str, np.ndarray] = {}
         perm = orders.get(node.inputs[0])
         if node.op in ("conv", "conv_transpose"):
-            tensors["weight"] = _numpy(layer.kernel).transpose(3, 2, 0, 1)
+            tensors["weight"] = _numpy(layer.kernel).transpose(*_kernel_axes(node, True))
         elif node.op == "linear":
             kernel = _numpy(layer.kernel)  # (in, out), inputs in Keras order
             weight = np.empty_like(kernel.T)
@@ -182,7 +191,7 @@ def import_weights(spec: Any, model: Any, weights: dict[str, dict[str, Any]]) ->
         perm = orders.get(node.inputs[0])
         try:
             if node.op in ("conv", "conv_transpose"):
-                kernel = tensors["weight"].transpose(2, 3, 1, 0)
+                kernel = tensors["weight"].transpose(*_kernel_axes(node, False))
                 plan.append(_checked(node, "weight", layer.kernel, kernel))
             elif node.op == "linear":
                 weight = tensors["weight"]
