@@ -182,12 +182,14 @@ OPTIONAL_INITS = ("kaiming_truncated_normal_fan_out", "kaiming_truncated_normal_
 
 
 def optional_inits(model: SpecModel) -> list[str]:
-    """Which of :data:`OPTIONAL_INITS` the spec's ``init`` fields (or expressions) name."""
+    """Which of :data:`OPTIONAL_INITS` the spec names: in an ``init`` field (or expression),
+    or as a value anywhere (a param an ``init`` expression reads)."""
     found: set[str] = set()
 
     def visit(value: Any, in_init: bool) -> None:
-        if isinstance(value, str) and in_init:
-            found.update(n for n in OPTIONAL_INITS if n == value or n in value_names(value))
+        if isinstance(value, str):
+            names = value_names(value) if in_init else {value}
+            found.update(n for n in OPTIONAL_INITS if n in names)
         elif isinstance(value, list):
             for item in value:
                 visit(item, in_init)

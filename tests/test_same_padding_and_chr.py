@@ -128,3 +128,21 @@ def test_truncated_normal_initialisers_scale_by_their_fan(tmp_path: Any, backend
         assert abs(float(w.mean())) < 0.05 * std
         assert float(np.abs(w).max()) <= 2 * std / 0.87962566103423978 + 1e-6
         assert float(np.abs(w).max()) > 1.8 * std  # a normal's tail, cut near 2.27 std
+
+
+def test_an_initialiser_named_by_a_param_is_defined(tmp_path: Any) -> None:
+    """The generated modules define the truncated-normal initialisers only when the spec names
+    one; a param holding the name, which an ``init`` expression reads, counts."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "param_init.yaml"
+    path.write_text(
+        "version: 1\nname: param_init\ninput_shape: [3, 8, 8]\n"
+        "params: {conv_init: kaiming_truncated_normal_fan_out}\n"
+        "body: [{op: conv, name: a, out: 64, kernel: 3, init: {weight: conv_init}}]\n"
+    )
+    spec = rescompiler.load_spec(path)
+    assert '"kaiming_truncated_normal_fan_out": lambda t' in rescompiler.emit(spec, "torch")
+    torch.manual_seed(0)
+    weight = rescompiler.build(spec, backend="torch").a.weight.detach()
+    std = (2.0 / (64 * 9)) ** 0.5
+    assert float(weight.abs().max()) <= 2 * std / 0.87962566103423978 + 1e-6
