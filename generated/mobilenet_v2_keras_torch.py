@@ -136,7 +136,7 @@ class InvertedResidualT1(nn.Module):
         )
         init_later(self.depthwise, weight="glorot_uniform")
         self.depthwise_BN = nn.BatchNorm2d(in_channels, eps=0.001, momentum=0.001)
-        self.depthwise_relu = nn.ReLU6()
+        self.depthwise_relu = nn.ReLU6(inplace=True)
         self.project = nn.Conv2d(in_channels, oup, kernel_size=1, bias=False)
         init_later(self.project, weight="glorot_uniform")
         self.project_BN = nn.BatchNorm2d(oup, eps=0.001, momentum=0.001)
@@ -175,13 +175,13 @@ class InvertedResidual(nn.Module):
         self.expand = nn.Conv2d(in_channels, hidden, kernel_size=1, bias=False)
         init_later(self.expand, weight="glorot_uniform")
         self.expand_BN = nn.BatchNorm2d(hidden, eps=0.001, momentum=0.001)
-        self.expand_relu = nn.ReLU6()
+        self.expand_relu = nn.ReLU6(inplace=True)
         self.depthwise = PaddedConv2d(
             hidden, hidden, kernel_size=3, pad="same", stride=stride, groups=hidden, bias=False
         )
         init_later(self.depthwise, weight="glorot_uniform")
         self.depthwise_BN = nn.BatchNorm2d(hidden, eps=0.001, momentum=0.001)
-        self.depthwise_relu = nn.ReLU6()
+        self.depthwise_relu = nn.ReLU6(inplace=True)
         self.project = nn.Conv2d(hidden, oup, kernel_size=1, bias=False)
         init_later(self.project, weight="glorot_uniform")
         self.project_BN = nn.BatchNorm2d(oup, eps=0.001, momentum=0.001)
@@ -223,7 +223,7 @@ class MobilenetV2Keras(nn.Module):
             nn.Sequential(
                 PaddedConv2d(in_channels, stem, kernel_size=3, pad="same", stride=2, bias=False),
                 nn.BatchNorm2d(stem, eps=0.001, momentum=0.001),
-                nn.ReLU6(),
+                nn.ReLU6(inplace=True),
             ),
         )
         init_later(self.features[0][0], weight="glorot_uniform")
@@ -293,7 +293,7 @@ class MobilenetV2Keras(nn.Module):
             nn.Sequential(
                 nn.Conv2d(self.features[17].out_channels, last_channel, kernel_size=1, bias=False),
                 nn.BatchNorm2d(last_channel, eps=0.001, momentum=0.001),
-                nn.ReLU6(),
+                nn.ReLU6(inplace=True),
             ),
         )
         init_later(self.features[18][0], weight="glorot_uniform")

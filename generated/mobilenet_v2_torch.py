@@ -115,7 +115,7 @@ class InvertedResidualT1(nn.Module):
                     bias=False,
                 ),
                 nn.BatchNorm2d(in_channels),
-                nn.ReLU6(),
+                nn.ReLU6(inplace=True),
             ),
         )
         init_later(self.conv[0][0], weight="kaiming_normal_fan_out")
@@ -156,7 +156,7 @@ class InvertedResidual(nn.Module):
             nn.Sequential(
                 nn.Conv2d(in_channels, hidden, kernel_size=1, bias=False),
                 nn.BatchNorm2d(hidden),
-                nn.ReLU6(),
+                nn.ReLU6(inplace=True),
             ),
         )
         init_later(self.conv[0][0], weight="kaiming_normal_fan_out")
@@ -173,7 +173,7 @@ class InvertedResidual(nn.Module):
                     bias=False,
                 ),
                 nn.BatchNorm2d(hidden),
-                nn.ReLU6(),
+                nn.ReLU6(inplace=True),
             ),
         )
         init_later(self.conv[1][0], weight="kaiming_normal_fan_out")
@@ -210,7 +210,7 @@ class MobilenetV2(nn.Module):
             nn.Sequential(
                 nn.Conv2d(in_channels, stem, kernel_size=3, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(stem),
-                nn.ReLU6(),
+                nn.ReLU6(inplace=True),
             ),
         )
         init_later(self.features[0][0], weight="kaiming_normal_fan_out")
@@ -280,7 +280,7 @@ class MobilenetV2(nn.Module):
             nn.Sequential(
                 nn.Conv2d(self.features[17].out_channels, last_channel, kernel_size=1, bias=False),
                 nn.BatchNorm2d(last_channel),
-                nn.ReLU6(),
+                nn.ReLU6(inplace=True),
             ),
         )
         init_later(self.features[18][0], weight="kaiming_normal_fan_out")

@@ -120,7 +120,7 @@ class BneckNoExpand(nn.Module):
         init_later(self.block[0][0], weight="kaiming_normal_fan_out")
         self.block[0].add_module("1", nn.BatchNorm2d(exp, eps=0.001, momentum=0.01))
         if use_hs:
-            self.block[0].add_module("2", nn.Hardswish())
+            self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
             self.block[0].add_module("3", nn.ReLU())
         self.block.add_module(
@@ -168,7 +168,7 @@ class Bneck(nn.Module):
         init_later(self.block[0][0], weight="kaiming_normal_fan_out")
         self.block[0].add_module("1", nn.BatchNorm2d(exp, eps=0.001, momentum=0.01))
         if use_hs:
-            self.block[0].add_module("2", nn.Hardswish())
+            self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
             self.block[0].add_module("3", nn.ReLU())
         self.block.add_module("1", nn.Sequential())
@@ -188,7 +188,7 @@ class Bneck(nn.Module):
         init_later(self.block[1][0], weight="kaiming_normal_fan_out")
         self.block[1].add_module("1", nn.BatchNorm2d(exp, eps=0.001, momentum=0.01))
         if use_hs:
-            self.block[1].add_module("2", nn.Hardswish())
+            self.block[1].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
             self.block[1].add_module("3", nn.ReLU())
         self.block.add_module(
@@ -261,7 +261,7 @@ class BneckSe(nn.Module):
         init_later(self.block[0][0], weight="kaiming_normal_fan_out")
         self.block[0].add_module("1", nn.BatchNorm2d(exp, eps=0.001, momentum=0.01))
         if use_hs:
-            self.block[0].add_module("2", nn.Hardswish())
+            self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
             self.block[0].add_module("3", nn.ReLU())
         self.block.add_module("1", nn.Sequential())
@@ -281,7 +281,7 @@ class BneckSe(nn.Module):
         init_later(self.block[1][0], weight="kaiming_normal_fan_out")
         self.block[1].add_module("1", nn.BatchNorm2d(exp, eps=0.001, momentum=0.01))
         if use_hs:
-            self.block[1].add_module("2", nn.Hardswish())
+            self.block[1].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
             self.block[1].add_module("3", nn.ReLU())
         self.block.add_module("2", Se(exp))
@@ -328,7 +328,7 @@ class MobilenetV3Large(nn.Module):
             nn.Sequential(
                 nn.Conv2d(in_channels, stem, kernel_size=3, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(stem, eps=0.001, momentum=0.01),
-                nn.Hardswish(),
+                nn.Hardswish(inplace=True),
             ),
         )
         init_later(self.features[0][0], weight="kaiming_normal_fan_out")
@@ -482,7 +482,7 @@ class MobilenetV3Large(nn.Module):
             nn.Sequential(
                 nn.Conv2d(self.features[15].out_channels, lastconv, kernel_size=1, bias=False),
                 nn.BatchNorm2d(lastconv, eps=0.001, momentum=0.01),
-                nn.Hardswish(),
+                nn.Hardswish(inplace=True),
             ),
         )
         init_later(self.features[16][0], weight="kaiming_normal_fan_out")
@@ -490,7 +490,7 @@ class MobilenetV3Large(nn.Module):
         self.flatten = nn.Flatten()
         self.classifier = nn.Sequential(
             nn.Linear(lastconv, last_channel),
-            nn.Hardswish(),
+            nn.Hardswish(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(last_channel, num_classes),
         )

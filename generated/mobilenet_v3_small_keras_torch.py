@@ -252,7 +252,7 @@ class MobilenetV3SmallKeras(nn.Module):
         self.conv = PaddedConv2d(in_channels, 16, kernel_size=3, pad="same", stride=2, bias=False)
         init_later(self.conv, weight="glorot_uniform")
         self.conv_bn = nn.BatchNorm2d(16, eps=0.001, momentum=0.001)
-        self.conv_hard_swish = nn.Hardswish()
+        self.conv_hard_swish = nn.Hardswish(inplace=True)
         self.expanded_conv = InvertedResBlock(
             16, expansion=1, out=16, stride=2, use_se=True, alpha=alpha
         )
@@ -341,11 +341,11 @@ class MobilenetV3SmallKeras(nn.Module):
         )
         init_later(self.conv_1, weight="glorot_uniform")
         self.conv_1_bn = nn.BatchNorm2d(last_conv, eps=0.001, momentum=0.001)
-        self.conv_1_hard_swish = nn.Hardswish()
+        self.conv_1_hard_swish = nn.Hardswish(inplace=True)
         self.global_average_pooling2d = nn.AdaptiveAvgPool2d(1)
         self.conv_2 = nn.Conv2d(last_conv, last_point, kernel_size=1)
         init_later(self.conv_2, weight="glorot_uniform", bias="zeros")
-        self.conv_2_hard_swish = nn.Hardswish()
+        self.conv_2_hard_swish = nn.Hardswish(inplace=True)
         if dropout > 0:
             self.dropout = nn.Dropout(dropout)
         else:

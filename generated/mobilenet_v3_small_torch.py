@@ -145,7 +145,7 @@ class BneckNoExpandSe(nn.Module):
         init_later(self.block[0][0], weight="kaiming_normal_fan_out")
         self.block[0].add_module("1", nn.BatchNorm2d(exp, eps=0.001, momentum=0.01))
         if use_hs:
-            self.block[0].add_module("2", nn.Hardswish())
+            self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
             self.block[0].add_module("3", nn.ReLU())
         self.block.add_module("1", Se(exp))
@@ -194,7 +194,7 @@ class Bneck(nn.Module):
         init_later(self.block[0][0], weight="kaiming_normal_fan_out")
         self.block[0].add_module("1", nn.BatchNorm2d(exp, eps=0.001, momentum=0.01))
         if use_hs:
-            self.block[0].add_module("2", nn.Hardswish())
+            self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
             self.block[0].add_module("3", nn.ReLU())
         self.block.add_module("1", nn.Sequential())
@@ -214,7 +214,7 @@ class Bneck(nn.Module):
         init_later(self.block[1][0], weight="kaiming_normal_fan_out")
         self.block[1].add_module("1", nn.BatchNorm2d(exp, eps=0.001, momentum=0.01))
         if use_hs:
-            self.block[1].add_module("2", nn.Hardswish())
+            self.block[1].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
             self.block[1].add_module("3", nn.ReLU())
         self.block.add_module(
@@ -259,7 +259,7 @@ class BneckSe(nn.Module):
         init_later(self.block[0][0], weight="kaiming_normal_fan_out")
         self.block[0].add_module("1", nn.BatchNorm2d(exp, eps=0.001, momentum=0.01))
         if use_hs:
-            self.block[0].add_module("2", nn.Hardswish())
+            self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
             self.block[0].add_module("3", nn.ReLU())
         self.block.add_module("1", nn.Sequential())
@@ -279,7 +279,7 @@ class BneckSe(nn.Module):
         init_later(self.block[1][0], weight="kaiming_normal_fan_out")
         self.block[1].add_module("1", nn.BatchNorm2d(exp, eps=0.001, momentum=0.01))
         if use_hs:
-            self.block[1].add_module("2", nn.Hardswish())
+            self.block[1].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
             self.block[1].add_module("3", nn.ReLU())
         self.block.add_module("2", Se(exp))
@@ -326,7 +326,7 @@ class MobilenetV3Small(nn.Module):
             nn.Sequential(
                 nn.Conv2d(in_channels, stem, kernel_size=3, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(stem, eps=0.001, momentum=0.01),
-                nn.Hardswish(),
+                nn.Hardswish(inplace=True),
             ),
         )
         init_later(self.features[0][0], weight="kaiming_normal_fan_out")
@@ -448,7 +448,7 @@ class MobilenetV3Small(nn.Module):
             nn.Sequential(
                 nn.Conv2d(self.features[11].out_channels, lastconv, kernel_size=1, bias=False),
                 nn.BatchNorm2d(lastconv, eps=0.001, momentum=0.01),
-                nn.Hardswish(),
+                nn.Hardswish(inplace=True),
             ),
         )
         init_later(self.features[12][0], weight="kaiming_normal_fan_out")
@@ -456,7 +456,7 @@ class MobilenetV3Small(nn.Module):
         self.flatten = nn.Flatten()
         self.classifier = nn.Sequential(
             nn.Linear(lastconv, last_channel),
-            nn.Hardswish(),
+            nn.Hardswish(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(last_channel, num_classes),
         )

@@ -48,6 +48,11 @@ from rescompiler.pyformat import LINE_LENGTH, Call, layout, layout_sum
 from rescompiler.schema import INIT_NAMES, BlockCall, BlockTemplate, Group, NodeBase, Reuse
 
 TEMPLATES = Path(__file__).parent / "templates"
+# activations written in place where the value they overwrite has no other reader, as
+# torchvision's ReLU / ReLU6 / Hardswish(inplace=True): a fresh activation-sized tensor costs
+# page faults (torchvision's mobilenet_v2 with ReLU6 out of place: 1.18x slower at b8);
+# autograd keeps what their backward needs (tests/test_optimize.py: gradients bit for bit)
+IN_PLACE = frozenset({"relu", "relu6", "hardswish"})
 ACTIVATIONS = {
     "relu": "nn.ReLU",
     "relu6": "nn.ReLU6",
@@ -265,8 +270,8 @@ class BodyEmitter:
                 # input_shape only, so it is written as a number
                 return "nn.Flatten()", str(next(iter(sizes))[0])
             return "nn.Flatten()", cin
-        if op == "relu" and inplace:
-            return "nn.ReLU(inplace=True)", cin
+        if op in IN_PLACE and inplace:
+            return f"{ACTIVATIONS[op]}(inplace=True)", cin
         if op in ACTIVATIONS:
             return f"{ACTIVATIONS[op]}()", cin
         if op == "leaky_relu":
@@ -759,7 +764,7 @@ class BodyEmitter:
             self.s.init += self.assign(indent, local, Call("nn.Parameter", (value,)))
             return cin
         inplace = (
-            node.op == "relu" and self.may_overwrite(index, names[0]) and local not in self.reused
+            node.op in IN_PLACE and self.may_overwrite(index, names[0]) and local not in self.reused
         )
         ctor, out = self.constructor(node, index, cin, inplace=inplace)
         self.s.init += self.assign(indent, local, ctor)
@@ -854,7 +859,7 @@ class BodyEmitter:
                     if any(has_params(later) for later in node.body[k + 1 :]):
                         ctors.append("nn.Identity()")  # later modules keep their positions
                     continue
-                inplace = k > 0 and child.op == "relu" and owned_by_reader(node.body[k - 1])
+                inplace = k > 0 and child.op in IN_PLACE and owned_by_reader(node.body[k - 1])
                 inplace = inplace and str(k - 1) not in targets  # a named output stays
                 ctor, chan = self.constructor(child, k, chan, child_path, inplace)
                 positions[k] = len(ctors)
