@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -219,3 +220,14 @@ def every_spec() -> list[str]:
 def small_input(name: str) -> list[int]:
     """A small C×H×W input for equivalence tests of ``name``."""
     return SMALL_INPUT.get(name, [3, 64, 64])
+
+
+def flat_layers(model: Any) -> list[Any]:
+    """A Keras model's layers, nested models (ConvNeXt's Sequentials) flattened."""
+    import keras
+
+    return [
+        inner
+        for layer in model.layers
+        for inner in (flat_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    ]

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from library import HEAVY
+from library import HEAVY, flat_layers
 
 import rescompiler
 
@@ -101,19 +100,12 @@ def test_keras_seeded_init_equals_keras_applications(name: str, application: str
     keras.utils.set_random_seed(0)
     ours = rescompiler.build(spec, "keras")
 
-    def flat(model: Any) -> list[Any]:  # nested models (ConvNeXt's Sequentials) flattened
-        return [
-            inner
-            for layer in model.layers
-            for inner in (flat(layer) if isinstance(layer, keras.Model) else [layer])
-        ]
-
-    mine = {layer.name: layer for layer in flat(ours)}
-    theirs = [layer for layer in flat(reference) if layer.weights]
+    mine = {layer.name: layer for layer in flat_layers(ours)}
+    theirs = [layer for layer in flat_layers(reference) if layer.weights]
     # a layer keras.applications leaves unnamed (EfficientNet's Normalization) is named by a
     # per-process counter ("normalization_2"): pair those with ours of that type, in order
     named = {layer.name for layer in theirs}
-    spare = [layer for layer in flat(ours) if layer.weights and layer.name not in named]
+    spare = [layer for layer in flat_layers(ours) if layer.weights and layer.name not in named]
     compared = 0
     for layer in theirs:
         if layer.name in mine:
