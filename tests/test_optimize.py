@@ -248,6 +248,37 @@ def test_torchvision_weights_load_into_the_inference_build() -> None:
             close(fast(x), reference(x))
 
 
+def test_channels_last_mlp_runs_in_blocks_of_rows_with_the_same_result() -> None:
+    """ConvNeXt's LayerNorm, Linear, GELU, Linear (channels-last) run over blocks of rows when
+    their widest output outgrows the cache: forced here at a small size, the output equals the
+    plain model's and each Linear ran once per block."""
+    spec = load("convnext_tiny", [3, 64, 64])
+    torch.manual_seed(0)
+    plain = rescompiler.build(spec, "torch").eval()
+    fast = rescompiler.build(spec, "torch", optimize="inference")
+    fast.load_state_dict(plain.state_dict(), strict=True)
+    chunked = [m for m in fast.modules() if type(m).__name__ == "ChunkedSequential"]
+    assert len(chunked) == 18  # every block's MLP, not the downsampling or the classifier
+    assert [type(m).__name__ for m in chunked[0][chunked[0].start : chunked[0].stop]] == [
+        "LayerNorm",
+        "Linear",
+        "GELU",
+        "Linear",
+    ]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        whole = fast(x)
+        for module in chunked:
+            module.LIMIT, module.BLOCK = 0, 100 * module.widest * 4  # 100 rows per block
+        calls = collections.Counter()
+        first = chunked[0][chunked[0].start + 1]
+        first.register_forward_hook(lambda *_: calls.update(["first"]))
+        blocks = fast(x)
+    assert calls["first"] == 6  # the 512 rows of stage 1 (2×16×16) in blocks of 100
+    close(blocks, plain(x))
+    close(whole, plain(x))
+
+
 def test_inference_module_fold_helper_state_dict_and_eval_only() -> None:
     spec = load("cifar_resnet20")
     source = rescompiler.emit(spec, "torch", optimize="inference")
@@ -296,7 +327,7 @@ def test_inference_builds_are_lint_clean(tmp_path) -> None:
     import subprocess
     import sys
 
-    for name in ("resnet50", "densenet121", "resnet50v2", "unet"):
+    for name in ("resnet50", "densenet121", "resnet50v2", "unet", "convnext_tiny"):
         for backend in ("torch", "keras"):
             source = rescompiler.emit(load(name), backend, optimize="inference")
             (tmp_path / f"{name}_{backend}_inference.py").write_text(source)

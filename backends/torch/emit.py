@@ -65,7 +65,12 @@ ACTIVATIONS = {
     "identity": "nn.Identity",
     "flatten": "nn.Flatten",
 }
+# ops whose module acts on each row (all but the last dim) alone, so a block of rows gives the
+# same rows of the output: Linear, elementwise activations, dropout (nn.LayerNorm is checked
+# by its constructor: a LayerNorm2d normalises over dim 1)
+ROWWISE = frozenset({"linear", "leaky_relu", "dropout", *ACTIVATIONS} - {"flatten", "softmax"})
 HELPERS = (
+    "ChunkedSequential",
     "Crop",
     "CropTo",
     "PadTo",
@@ -839,6 +844,7 @@ class BodyEmitter:
             for child in node.body
         ):
             ctors: list[Call | str] = []
+            rowwise: list[bool] = []  # per constructor: acts on each row (last dim) alone
             inits, chan = [], cin
             plan = self.s.plan
             targets = self.s.targets(f"{self.module_path}{local}")
@@ -858,6 +864,7 @@ class BodyEmitter:
                     )
                     if any(has_params(later) for later in node.body[k + 1 :]):
                         ctors.append("nn.Identity()")  # later modules keep their positions
+                        rowwise.append(False)
                     continue
                 inplace = k > 0 and child.op in IN_PLACE and owned_by_reader(node.body[k - 1])
                 inplace = inplace and str(k - 1) not in targets  # a named output stays
@@ -865,9 +872,18 @@ class BodyEmitter:
                 positions[k] = len(ctors)
                 inits += self.init_lines(indent, child, f"{ref}[{len(ctors)}]")
                 ctors.append(ctor)
-            self.s.init += self.assign(
-                indent, local, Call("nn.Sequential", tuple(ctors), explode=True)
-            )
+                rowwise.append(
+                    child.op in ROWWISE
+                    or (isinstance(ctor, Call) and ctor.callee == "nn.LayerNorm")
+                )
+            run = rowwise_run(ctors, rowwise) if plan is not None and not targets else None
+            if run is not None:  # an MLP over channels-last rows: run in cache-sized blocks
+                self.s.helpers.add("ChunkedSequential")
+                rows = f"rows=({run[0]}, {run[1]})"
+                sequential = Call("ChunkedSequential", (*ctors, rows), explode=True)
+            else:
+                sequential = Call("nn.Sequential", tuple(ctors), explode=True)
+            self.s.init += self.assign(indent, local, sequential)
             self.s.init += inits
             return chan
         self.s.init += self.assign(indent, local, "nn.Sequential()")
@@ -896,6 +912,21 @@ class BodyEmitter:
         self.channels[local] = out
         self.vars[local] = ""
         return local
+
+
+def rowwise_run(ctors: list[Call | str], rowwise: list[bool]) -> tuple[int, int] | None:
+    """(start, stop) of the longest run of row-wise modules in a Sequential holding a Linear
+    and at least one more module (a channels-last MLP), for ``ChunkedSequential``; else None."""
+    best: tuple[int, int] | None = None
+    start = 0
+    for k in range(len(ctors) + 1):
+        if k < len(ctors) and rowwise[k]:
+            continue
+        linear = any(isinstance(c, Call) and c.callee == "nn.Linear" for c in ctors[start:k])
+        if k - start >= 2 and linear and (best is None or k - start > best[1] - best[0]):
+            best = (start, k)
+        start = k + 1
+    return best
 
 
 def has_params(node: Any) -> bool:
@@ -1053,7 +1084,7 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
         f"``rescompile {source} --backend torch{flag}``. Depends only on torch."
     )
     if plan is not None:
-        header += "\n\n" + inference_notes(spec, plan)
+        header += "\n\n" + inference_notes(spec, plan, "ChunkedSequential" in helpers)
     return ENVIRONMENT.get_template("module.py.jinja").render(
         header=header,
         spec_name=model.name,
@@ -1082,8 +1113,14 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
     )
 
 
-def inference_notes(spec: Any, plan: FoldPlan) -> str:
-    """The header paragraph of an inference build: what it does, what was folded, what not."""
+def inference_notes(spec: Any, plan: FoldPlan, chunked: bool = False) -> str:
+    """The header paragraph of an inference build: what it does, what was folded, what not;
+    ``chunked``: channels-last MLPs run in blocks of rows (``ChunkedSequential``)."""
+    blocks = (
+        " Channels-last MLPs run over cache-sized blocks of rows (``ChunkedSequential``)."
+        if chunked
+        else ""
+    )
     return fold_notes(
         spec,
         plan,
@@ -1091,8 +1128,8 @@ def inference_notes(spec: Any, plan: FoldPlan) -> str:
             "Inference build: load a plain model's state_dict (``load_state_dict`` folds "
             "each BatchNorm listed in a class's ``FOLDED_BN`` into its conv; ``fold`` shows the "
             "result); ReLUs run in place; images and convolutions are channels-last (NHWC), "
-            "faster on CPU (``x`` is converted on entry). The model stays in eval mode and "
-            "refuses ``train()``."
+            f"faster on CPU (``x`` is converted on entry).{blocks} The model stays in eval "
+            "mode and refuses ``train()``."
         ),
     )
 
