@@ -185,7 +185,7 @@ class Densenet121(nn.Module):
             self.features.denseblock4.add_module(f"denselayer{i + 1}", block)
             denseblock4_channels = block.out_channels
         self.features.add_module("norm5", nn.BatchNorm2d(denseblock4_channels))
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.global_avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(denseblock4_channels, num_classes)

@@ -150,7 +150,7 @@ class InvertedResidualT1(nn.Module):
         out = self.project(out)
         out = self.project_BN(out)
         if self.use_residual:
-            out = out + x
+            out += x
         return out
 
 
@@ -198,7 +198,7 @@ class InvertedResidual(nn.Module):
         out = self.project(out)
         out = self.project_BN(out)
         if self.use_residual:
-            out = out + x
+            out += x
         return out
 
 

@@ -128,7 +128,7 @@ class InvertedResidualT1(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv(x)
         if self.use_residual:
-            out = out + x
+            out += x
         return out
 
 
@@ -186,7 +186,7 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv(x)
         if self.use_residual:
-            out = out + x
+            out += x
         return out
 
 

@@ -122,7 +122,7 @@ class BneckNoExpand(nn.Module):
         if use_hs:
             self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
-            self.block[0].add_module("3", nn.ReLU())
+            self.block[0].add_module("3", nn.ReLU(inplace=True))
         self.block.add_module(
             "1",
             nn.Sequential(
@@ -137,7 +137,7 @@ class BneckNoExpand(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         if self.use_residual:
-            out = out + x
+            out += x
         return out
 
 
@@ -170,7 +170,7 @@ class Bneck(nn.Module):
         if use_hs:
             self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
-            self.block[0].add_module("3", nn.ReLU())
+            self.block[0].add_module("3", nn.ReLU(inplace=True))
         self.block.add_module("1", nn.Sequential())
         self.block[1].add_module(
             "0",
@@ -190,7 +190,7 @@ class Bneck(nn.Module):
         if use_hs:
             self.block[1].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
-            self.block[1].add_module("3", nn.ReLU())
+            self.block[1].add_module("3", nn.ReLU(inplace=True))
         self.block.add_module(
             "2",
             nn.Sequential(
@@ -205,7 +205,7 @@ class Bneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         if self.use_residual:
-            out = out + x
+            out += x
         return out
 
 
@@ -263,7 +263,7 @@ class BneckSe(nn.Module):
         if use_hs:
             self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
-            self.block[0].add_module("3", nn.ReLU())
+            self.block[0].add_module("3", nn.ReLU(inplace=True))
         self.block.add_module("1", nn.Sequential())
         self.block[1].add_module(
             "0",
@@ -283,7 +283,7 @@ class BneckSe(nn.Module):
         if use_hs:
             self.block[1].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
-            self.block[1].add_module("3", nn.ReLU())
+            self.block[1].add_module("3", nn.ReLU(inplace=True))
         self.block.add_module("2", Se(exp))
         self.block.add_module(
             "3",
@@ -299,7 +299,7 @@ class BneckSe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         if self.use_residual:
-            out = out + x
+            out += x
         return out
 
 

@@ -175,7 +175,7 @@ class InvertedResBlock(nn.Module):
             if not hard_swish:
                 self.expand.add_module("relu", nn.ReLU(inplace=True))
             if hard_swish:
-                self.expand.add_module("hardswish", nn.Hardswish())
+                self.expand.add_module("hardswish", nn.Hardswish(inplace=True))
         else:
             self.expand = None
         self.depthwise = PaddedConv2d(
@@ -194,7 +194,7 @@ class InvertedResBlock(nn.Module):
         else:
             self.depthwise_relu = None
         if hard_swish:
-            self.depthwise_hard_swish = nn.Hardswish()
+            self.depthwise_hard_swish = nn.Hardswish(inplace=True)
         else:
             self.depthwise_hard_swish = None
         if use_se:
@@ -227,7 +227,7 @@ class InvertedResBlock(nn.Module):
         out = self.project(out)
         out = self.project_bn(out)
         if self.use_add:
-            out = out + x
+            out += x
         return out
 
 

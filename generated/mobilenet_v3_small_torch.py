@@ -147,7 +147,7 @@ class BneckNoExpandSe(nn.Module):
         if use_hs:
             self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
-            self.block[0].add_module("3", nn.ReLU())
+            self.block[0].add_module("3", nn.ReLU(inplace=True))
         self.block.add_module("1", Se(exp))
         self.block.add_module(
             "2",
@@ -163,7 +163,7 @@ class BneckNoExpandSe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         if self.use_residual:
-            out = out + x
+            out += x
         return out
 
 
@@ -196,7 +196,7 @@ class Bneck(nn.Module):
         if use_hs:
             self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
-            self.block[0].add_module("3", nn.ReLU())
+            self.block[0].add_module("3", nn.ReLU(inplace=True))
         self.block.add_module("1", nn.Sequential())
         self.block[1].add_module(
             "0",
@@ -216,7 +216,7 @@ class Bneck(nn.Module):
         if use_hs:
             self.block[1].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
-            self.block[1].add_module("3", nn.ReLU())
+            self.block[1].add_module("3", nn.ReLU(inplace=True))
         self.block.add_module(
             "2",
             nn.Sequential(
@@ -231,7 +231,7 @@ class Bneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         if self.use_residual:
-            out = out + x
+            out += x
         return out
 
 
@@ -261,7 +261,7 @@ class BneckSe(nn.Module):
         if use_hs:
             self.block[0].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
-            self.block[0].add_module("3", nn.ReLU())
+            self.block[0].add_module("3", nn.ReLU(inplace=True))
         self.block.add_module("1", nn.Sequential())
         self.block[1].add_module(
             "0",
@@ -281,7 +281,7 @@ class BneckSe(nn.Module):
         if use_hs:
             self.block[1].add_module("2", nn.Hardswish(inplace=True))
         if not use_hs:
-            self.block[1].add_module("3", nn.ReLU())
+            self.block[1].add_module("3", nn.ReLU(inplace=True))
         self.block.add_module("2", Se(exp))
         self.block.add_module(
             "3",
@@ -297,7 +297,7 @@ class BneckSe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         if self.use_residual:
-            out = out + x
+            out += x
         return out
 
 

@@ -199,16 +199,16 @@ class ResBottleneck(nn.Module):
         )
         init_later(self.f.c[0], weight="kaiming_normal_fan_out")
         self.activation = nn.ReLU(inplace=True)
-        self.out_channels = out if self.proj is not None else in_channels
+        self.out_channels = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         proj = x
         if self.proj is not None:
             proj = self.proj(x)
         x = self.f(x)
-        proj = proj + x
-        proj = self.activation(proj)
-        return proj
+        x += proj
+        x = self.activation(x)
+        return x
 
 
 class RegnetX8gf(nn.Module):

@@ -133,10 +133,22 @@ class Scope:
 
 
 def owned_by_reader(node: Any, inputs: int = 1) -> bool:
-    """A node makes a new tensor that its backward does not read (see OWNED_OUTPUT)."""
+    """A node makes a new tensor that its backward does not read (see OWNED_OUTPUT); a group
+    does when its last child does (its output is that child's)."""
+    if isinstance(node, Group) and node.when is None and node.body:
+        return owned_by_reader(node.body[-1])
     if isinstance(node, BlockCall | Group | Reuse) or node.when is not None:
         return False
     return node.op in OWNED_OUTPUT or (node.op in ("add", "mul") and inputs > 1)
+
+
+def exclusive(first: Any, second: Any) -> bool:
+    """Two ``when`` conditions never hold together: one is ``not`` the other (MobileNetV3's
+    ``hardswish when: use_hs`` and ``relu when: not use_hs``)."""
+    if not (isinstance(first, str) and isinstance(second, str)):
+        return False
+    a, b = " ".join(first.split()), " ".join(second.split())
+    return a in (f"not {b}", f"not ({b})") or b in (f"not {a}", f"not ({a})")
 
 
 class BodyEmitter:
@@ -531,10 +543,12 @@ class BodyEmitter:
         tensor no backward reads (not a body input, not an alias), and ``index`` is its only
         reader. Safe for autograd and for values still live elsewhere."""
         source = self.index_of.get(name)
-        if source is None or source >= index:
+        if source is None or source >= index or self.readers.get(name) != [index]:
             return False
-        node, _local, names, _alt = self.entries[source]
-        return owned_by_reader(node, len(names)) and self.readers.get(name) == [index]
+        node, _local, names, alt = self.entries[source]
+        if exclusive(node.when, self.entries[index][0].when):  # it never ran where index runs:
+            return self.may_overwrite(source, alt)  # index reads what it passed on
+        return owned_by_reader(node, len(names))
 
     def record_fold(self, fold: Fold, index: int) -> bool:
         """Note a folded BN in the class's FOLDED_BN; True when a placeholder must keep the
@@ -713,7 +727,12 @@ class BodyEmitter:
         if node.when is not None and chan != self.channels[alt]:  # else read only when on
             chan = f"({chan} if self.{flag} else {self.channels[alt]})"
         self.s.forward.append(f"        if self.{flag}:")
-        self.s.forward += layout(12, f"{var} = ", merged)
+        in_vars = [self.vars[n] for n in names]
+        overwrite = node.op == "add" and len(names) == 2 and self.may_overwrite(index, names[0])
+        if overwrite and var == in_vars[0]:  # torchvision's ``result += input``
+            self.s.forward.append(f"            {var} += {in_vars[1]}")
+        else:
+            self.s.forward += layout(12, f"{var} = ", merged)
         if not (reused and var == alt_var):
             self.s.forward += ["        else:", f"            {var} = {alt_var}"]
         self.vars[local], self.channels[local] = var, chan
