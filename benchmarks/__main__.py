@@ -76,6 +76,9 @@ def torch_models(name: str, inference: bool = False) -> dict[str, torch.nn.Modul
     }
     if inference:
         models["inference"] = rescompiler.build(spec, "torch", optimize="inference")
+        # a control: torchvision's model again, measured like ours; its ratio (ideally 1.000)
+        # shows how far this run's noise moves a ratio
+        models["torchvision again"] = getattr(torchvision.models, name)(weights=None).eval()
     state = reference.state_dict()
     for model in list(models.values())[1:]:
         model.load_state_dict(state, strict=True)

@@ -67,11 +67,15 @@ def keras_models(name: str) -> dict[str, Any]:
                 layers[layer.name].set_weights(layer.get_weights())
     inference = rescompiler.build(spec, "keras", optimize="inference")
     load_plain_weights(inference, built)
+    # a control: keras.applications' model again; its ratio (ideally 1.000) shows this run's noise
+    again = getattr(keras.applications, MODELS[name])(weights=None)
+    again.set_weights(reference.get_weights())
     return {
         "keras.applications": reference,
         "built": built,
         "generated": generated,
         "inference": inference,
+        "keras.applications again": again,
     }
 
 
@@ -120,7 +124,7 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
                 samples[k].append(peak_bytes(lambda f=f, x=x: f(x)))
         peaks = {k: statistics.median(v) for k, v in samples.items()}
         ref = "keras.applications"
-        for variant in ("built", "generated", "inference"):
+        for variant in ("built", "generated", "inference", "keras.applications again"):
             rows.append(
                 {
                     "benchmark": f"keras forward {name} b{batch} 224",

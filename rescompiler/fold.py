@@ -16,8 +16,9 @@ conv; one after an add or a concat has no conv to fold into. Those stay BatchNor
 
 Decisions are taken per body of the spec (a block template's, a group's, the model's), from its
 syntax, so the code emitted once per template is right for every instance and for any params:
-both nodes unconditional (no ``when``, used in every instance), in the same body, and the value
-between them read by nobody else. ``fold_report`` lists, per BN of the expanded graph, where it
+both nodes unconditional (no ``when``, used in every instance) or built together (the same
+``when``, as EfficientNet's expand conv and its BN), in the same body, and the value between
+them read by nobody else. ``fold_report`` lists, per BN of the expanded graph, where it
 went or why it stayed.
 """
 
@@ -109,6 +110,7 @@ class _Entry:
     local: str
     inputs: list[str]
     always: bool = True  # built in every block (False: conditional, or used only in some)
+    reached: bool = True  # used wherever it is built (its ``when`` may leave it out)
 
 
 def _op(node: Any) -> str | None:
@@ -193,6 +195,7 @@ def _plan_body(
     )
     for entry, where_used in zip(entries, reach, strict=True):
         entry.always = entry.node.when is None and where_used is True
+        entry.reached = where_used is True
     readers: dict[str, list[int]] = defaultdict(list)
     for index, entry in enumerate(entries):
         for name in entry.inputs:
@@ -258,16 +261,26 @@ def _after_reason(
     entry: _Entry, source: _Entry | None, readers: dict[str, list[int]]
 ) -> str | None:
     """Why ``entry`` (a BN) cannot fold into the node before it; None when it can."""
-    if not entry.always:
+    together = _built_together(entry, source)
+    if not entry.always and not together:
         return "it is conditional or unused in some blocks"
     what = _describe(source, entry.inputs[0])
     if source is None or _op(source.node) not in TARGETS:
         return f"it follows {what}, not a conv or linear layer"
-    if not source.always:
+    if not source.always and not together:
         return f"it follows {what}, which is conditional or unused in some blocks"
     if len(readers[source.local]) != 1:
         return f"the output of {what} is also read elsewhere"
     return None
+
+
+def _built_together(entry: _Entry, source: _Entry | None) -> bool:
+    """A conditional BN and the node before it are built in the same block instances: the
+    same ``when`` (a condition over the params), each used wherever it is built."""
+    if source is None or not (entry.reached and source.reached):
+        return False
+    when = when_source(entry.node)
+    return isinstance(when, str) and when == when_source(source.node)
 
 
 def _before_reason(

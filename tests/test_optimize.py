@@ -130,6 +130,7 @@ def test_keras_inference_build_computes_the_plain_model(name: str) -> None:
         ("d2l_densenet", 1, 20),
         ("resnet50", 53, 0),
         ("unet_original", 0, 0),
+        ("efficientnet_b0_keras", 49, 0),  # the expand BNs share their conv's `when`
     ],
 )
 def test_fold_report_names_what_stays_a_batchnorm(name: str, folded: int, kept: int) -> None:
@@ -156,6 +157,56 @@ def test_fold_report_names_what_stays_a_batchnorm(name: str, folded: int, kept: 
         assert f"{folded} of {folded + kept} BatchNorms are folded" in source
         for entry in plan_folds(spec.model).kept.values():
             assert str(entry) in source
+
+
+TOGETHER_SPEC = """
+version: 1
+name: together
+input_shape: [4, 8, 8]
+blocks:
+  b:
+    params: {e: 1}
+    body:
+      - {op: conv, name: expand, out: 8, kernel: 1, when: e != 1}
+      - {op: bn, name: expand_bn, when: e != 1}
+      - {op: relu, name: act, when: e != 1}
+      - {op: conv, name: other, out: 8, kernel: 1, when: e != 1}
+      - {op: bn, name: other_bn, when: e > 2}
+      - {op: conv, name: project, out: 4, kernel: 1}
+body:
+  - {block: b, name: b1, args: {e: 1}}
+  - {block: b, name: b2, args: {e: 2}}
+  - {block: b, name: b3, args: {e: 3}}
+"""
+
+
+def test_a_conditional_bn_folds_into_a_conv_built_with_it(write_spec) -> None:
+    """EfficientNet's expand conv and its BN share ``when: expand != 1``: they exist in the
+    same blocks, so the BN folds; a BN under another condition stays."""
+    from rescompiler.backends.keras import load_plain_weights
+
+    spec = rescompiler.load_spec(write_spec(TOGETHER_SPEC))
+    rows = {row.bn: row for row in fold_report(spec)}
+    assert rows["b2.expand_bn"].folded_into == "b2.expand"
+    assert rows["b3.expand_bn"].folded_into == "b3.expand"
+    assert rows["b3.other_bn"].folded_into is None
+    assert "conditional" in rows["b3.other_bn"].reason
+    torch.manual_seed(0)
+    plain = rescompiler.build(spec, "torch").eval()
+    randomise_torch_bn(plain)
+    fast = rescompiler.build(spec, "torch", optimize="inference")
+    fast.load_state_dict(plain.state_dict())
+    assert "b2.expand_bn.running_var" not in fast.state_dict()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        close(fast(x), plain(x))
+    keras_plain = rescompiler.build(spec, "keras")
+    randomise_keras_bn(keras_plain)
+    keras_fast = rescompiler.build(spec, "keras", optimize="inference")
+    load_plain_weights(keras_fast, keras_plain)
+    assert len(keras_plain.layers) - len(keras_fast.layers) == 2
+    image = x.permute(0, 2, 3, 1).numpy()
+    close(keras_fast(image, training=False), keras_plain(image, training=False))
 
 
 BEFORE_SPEC = """
