@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ import torchvision
 
 import rescompiler
 
-from .measure import interleaved_medians, peak_tensor_bytes
+from .measure import interleaved_medians, interleaved_samples, paired_ratios, peak_tensor_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent
@@ -98,7 +99,9 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
                 return model(x)
 
         outputs = {k: run(m) for k, m in models.items()}
-        times = interleaved_medians({k: (lambda m=m: run(m)) for k, m in models.items()}, count)
+        samples = interleaved_samples({k: (lambda m=m: run(m)) for k, m in models.items()}, count)
+        times = {k: statistics.median(v) for k, v in samples.items()}
+        ratios = paired_ratios(samples, "torchvision")
         peaks = {k: peak_tensor_bytes(lambda m=m: run(m)) for k, m in models.items()}
         reference = outputs["torchvision"]
         tolerance = 1e-4 * reference.abs().max().item() + 1e-5
@@ -110,7 +113,7 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
                     "variant": variant,
                     "reference_ms": round(times["torchvision"] * 1e3, 2),
                     "ms": round(times[variant] * 1e3, 2),
-                    "time_ratio": round(times[variant] / times["torchvision"], 3),
+                    "time_ratio": round(ratios[variant], 3),
                     "memory_ratio": round(peaks[variant] / peaks["torchvision"], 3),
                     "peak_mb": round(peaks[variant] / 2**20, 1),
                     "reference_peak_mb": round(peaks["torchvision"] / 2**20, 1),
@@ -155,14 +158,16 @@ def train_rows(name: str, repeats: int) -> list[dict[str, Any]]:
         loss.backward()
         optimiser.step()
 
-    times = interleaved_medians({k: (lambda k=k: step(k)) for k in models}, repeats, warmup=2)
+    samples = interleaved_samples({k: (lambda k=k: step(k)) for k in models}, repeats, warmup=2)
+    times = {k: statistics.median(v) for k, v in samples.items()}
+    ratios = paired_ratios(samples, "torchvision")
     return [
         {
             "benchmark": f"torch train step {name} b8 128",
             "variant": variant,
             "reference_ms": round(times["torchvision"] * 1e3, 1),
             "ms": round(times[variant] * 1e3, 1),
-            "time_ratio": round(times[variant] / times["torchvision"], 3),
+            "time_ratio": round(ratios[variant], 3),
         }
         for variant in ("built", "generated")
     ]
@@ -173,7 +178,7 @@ def build_rows(name: str, repeats: int) -> list[dict[str, Any]]:
     spec = rescompiler.load_spec(ROOT / "specs" / f"{name}.yaml")
     module = importlib.import_module(f"generated.{name}_torch")
     constructor = getattr(torchvision.models, name)
-    times = interleaved_medians(
+    samples = interleaved_samples(
         {
             "torchvision": lambda: constructor(weights=None),
             "built": lambda: rescompiler.build(spec, "torch"),
@@ -182,13 +187,15 @@ def build_rows(name: str, repeats: int) -> list[dict[str, Any]]:
         repeats,
         warmup=1,
     )
+    times = {k: statistics.median(v) for k, v in samples.items()}
+    ratios = paired_ratios(samples, "torchvision")
     return [
         {
             "benchmark": f"build {name}",
             "variant": variant,
             "reference_ms": round(times["torchvision"] * 1e3, 1),
             "ms": round(times[variant] * 1e3, 1),
-            "time_ratio": round(times[variant] / times["torchvision"], 3),
+            "time_ratio": round(ratios[variant], 3),
         }
         for variant in ("built", "generated")
     ]

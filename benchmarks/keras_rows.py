@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .measure import interleaved_medians
+from .measure import interleaved_samples, paired_ratios
 
 ROOT = Path(__file__).resolve().parent.parent
 # spec -> keras.applications model it reproduces (its layer names: weights copy by name)
@@ -113,9 +113,10 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
     for batch, count in repeats.items():
         x = tf.constant(np.random.default_rng(0).standard_normal((batch, 224, 224, 3)), tf.float32)
         outputs = {key: np.asarray(fn(x)) for key, fn in functions.items()}
-        times = interleaved_medians(
-            {k: (lambda f=f, x=x: f(x)) for k, f in functions.items()}, count
-        )
+        calls = {k: (lambda f=f, x=x: f(x)) for k, f in functions.items()}
+        timed = interleaved_samples(calls, count)
+        times = {k: statistics.median(v) for k, v in timed.items()}
+        ratios = paired_ratios(timed, "keras.applications")
         # the allocator's peak varies by a few hundred kB from call to call: median of 5,
         # taken in interleaved rounds like the times
         samples: dict[str, list[int]] = {k: [] for k in functions}
@@ -131,7 +132,7 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
                     "variant": variant,
                     "reference_ms": round(times[ref] * 1e3, 2),
                     "ms": round(times[variant] * 1e3, 2),
-                    "time_ratio": round(times[variant] / times[ref], 3),
+                    "time_ratio": round(ratios[variant], 3),
                     "memory_ratio": round(peaks[variant] / peaks[ref], 3),
                     "peak_mb": round(peaks[variant] / 2**20, 1),
                     "reference_peak_mb": round(peaks[ref] / 2**20, 1),

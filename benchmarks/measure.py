@@ -13,8 +13,28 @@ from typing import Any
 def interleaved_medians(
     calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
 ) -> dict[str, float]:
-    """Median seconds per call; the calls run in rounds so drift hits all of them alike, and
-    each round starts with the next call so none always runs first (after a pause) or last."""
+    """Median seconds per call (see ``interleaved_samples``)."""
+    samples = interleaved_samples(calls, repeats, warmup)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def paired_ratios(samples: dict[str, list[float]], reference: str) -> dict[str, float]:
+    """Per call, the median over rounds of its time divided by the reference's time in the
+    same round. A round's calls run back to back, so a slow spell of the machine (another
+    tenant's load) scales both sides of a ratio: the measured control, the reference against a
+    copy of itself, stays within ±2% where the ratio of medians moved ±10%."""
+    return {
+        name: statistics.median(t / r for t, r in zip(values, samples[reference], strict=True))
+        for name, values in samples.items()
+    }
+
+
+def interleaved_samples(
+    calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Seconds of each call in each of ``repeats`` rounds; the calls run in rounds so drift
+    hits all of them alike, and each round starts with the next call so none always runs
+    first (after a pause) or last."""
     for _ in range(warmup):
         for call in calls.values():
             call()
@@ -26,7 +46,7 @@ def interleaved_medians(
             start = time.perf_counter()
             calls[name]()
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def peak_tensor_bytes(call: Callable[[], Any]) -> int:

@@ -104,7 +104,23 @@ def _ranged(
     return rule
 
 
-def _conv_padding(raw: Any, attrs: dict[str, Any], env: Mapping[str, Any]) -> tuple[int, ...]:
+def _one_expression(raw: Any, value: Any, field: str, pair: bool) -> None:
+    """A padding or crop written as one expression gives an int (or, for a conv's padding,
+    [h, w]): the emitters write such an expression once per block template, where four amounts
+    must be four expressions, ``[top, bottom, left, right]``."""
+    if not isinstance(raw, str) or not isinstance(value, list) or (pair and len(value) == 2):
+        return
+    wanted = "an int or [h, w]" if pair else "an int"
+    raise AttrError(
+        field,
+        f"{field} {raw!r} gives {short_repr(value)}; one expression must give {wanted}: write "
+        f"the amounts as a list, [top, bottom, left, right] (each may be an expression)",
+    )
+
+
+def _conv_padding(
+    raw: Any, attrs: dict[str, Any], env: Mapping[str, Any], op: str = "conv"
+) -> tuple[int, ...]:
     if raw in ("same", "valid"):
         if raw == "valid":
             return 0, 0, 0, 0
@@ -123,7 +139,9 @@ def _conv_padding(raw: Any, attrs: dict[str, Any], env: Mapping[str, Any]) -> tu
             total = d * (k - 1)
             pads += [total // 2, total - total // 2]
         return pads[0], pads[1], pads[2], pads[3]
-    return _pad4(evaluate(raw, env), "padding")
+    value = evaluate(raw, env)
+    _one_expression(raw, value, "padding", pair=op == "conv")
+    return _pad4(value, "padding")
 
 
 RULES: dict[str, FieldRule] = {
@@ -226,6 +244,8 @@ def resolve_attrs(
             evaluated = evaluate(value, env) if field not in LITERAL_FIELDS else value
         except ExprError as exc:
             raise AttrError(field, str(exc)) from None
+        if field == "crop":
+            _one_expression(value, evaluated, field, pair=False)
         attrs[field] = OP_RULES.get((op, field), RULES.get(field, _float))(evaluated, field)
     if "padding" in raw:
         try:
@@ -236,7 +256,7 @@ def resolve_attrs(
             if op in PAIR_PADDING_OPS:
                 attrs["padding"] = _pair(evaluate(raw["padding"], env), "padding", 0)
             else:
-                attrs["padding"] = _conv_padding(raw["padding"], attrs, env)
+                attrs["padding"] = _conv_padding(raw["padding"], attrs, env, op)
         except ExprError as exc:
             raise AttrError("padding", str(exc)) from None
     if op in ("conv", "conv_transpose", "bn", "linear"):
