@@ -100,7 +100,13 @@ def test_torch_inference_build_computes_the_plain_model(name: str) -> None:
     x = torch.randn(2, *shape)
     with torch.no_grad():
         y = fast(x)
-        close(y, plain(x))
+        expected = plain(x)
+        close(y, expected)
+        chunked = [m for m in fast.modules() if type(m).__name__ == "ChunkedSequential"]
+        for module in chunked:  # row-wise runs (MLPs, classifier heads) in blocks of 3 rows
+            module.LIMIT, module.BLOCK = 0, 3 * max(module.widest, 1) * 4
+        if chunked:
+            close(fast(x), expected)
     assert y.is_contiguous()  # channels-last inside, the usual layout outside
 
 
