@@ -161,6 +161,8 @@ def check_names(
     for key, value in spec.let.items():
         checker.check_value(value, model_names, ("let", key), key)
         model_names.add(key)
+    for k, check in enumerate(spec.checks):
+        checker.check_value(check.that, model_names, ("checks", k, "that"), "that")
     checker.check_value(spec.input_shape, model_names, ("input_shape",), "input_shape")
     checker.check_body(spec.body, model_names, ("body",))
     reads.model |= checker.take_frame()

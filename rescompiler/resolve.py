@@ -409,7 +409,9 @@ def resolve_env(
     sink: DiagnosticSink,
     origin: Location,
 ) -> tuple[dict[str, Any], tuple[int, ...] | None]:
-    """Params after overrides, plus ``let`` values; and the evaluated input shape."""
+    """Params after overrides, plus ``let`` values; and the evaluated input shape (None when
+    it cannot be evaluated or a check failed: the body is not expanded then, as the params
+    are known to be wrong for it)."""
     params = dict(spec.params)
     raw_shape: Any = spec.input_shape
     for key, value in overrides.items():
@@ -437,11 +439,30 @@ def resolve_env(
             continue
         params[key] = value
     env = dict(params)
+    complete = True
     for key, value in spec.let.items():
         try:
             env[key] = evaluate(value, env)
         except ExprError as exc:
             sink.error(doc.locate(("let", key)), f"let.{key}", str(exc), f"attr:{key}")
+            complete = False
+    failed = False
+    for k, check in enumerate(spec.checks if complete else []):
+        where = ("checks", k, "that")
+        try:
+            holds = evaluate(check.that, env)
+        except ExprError as exc:
+            sink.error(doc.locate(where), format_path(where), str(exc), "attr:that")
+            failed = True
+            continue
+        if not isinstance(holds, bool):
+            message = f"a check must give true or false, got {_shown(holds)}"
+            sink.error(doc.locate(where), format_path(where), message)
+            failed = True
+        elif not holds:
+            message = f"check failed: {check.message} ({check.that})"
+            sink.error(doc.locate(where), format_path(where), message)
+            failed = True
     shape: tuple[int, ...] | None = None
     try:
         values = evaluate(raw_shape, env)
@@ -454,4 +475,4 @@ def resolve_env(
         shape = tuple(values)
     except ExprError as exc:
         sink.error(doc.locate(("input_shape",)), "input_shape", str(exc), "attr:input_shape")
-    return env, shape
+    return env, None if failed else shape

@@ -503,6 +503,13 @@ class BlockTemplate(Strict):
     output: Ident | None = Field(None, description="output node; default: the last node")
 
 
+class Check(Strict):
+    """A condition the params must meet, with what to say when they do not."""
+
+    that: BoolExpr = Field(description="an expression over the params and let values")
+    message: str = Field(min_length=1, description="what is wrong when it is false")
+
+
 class OpDefaults(Strict):
     """Defaults for op attributes, applied where a node leaves them out."""
 
@@ -548,6 +555,14 @@ class SpecModel(Strict):
     input_shape: list[IntExpr] = Field(min_length=1, max_length=3, description="C, H, W")
     params: dict[Ident, Any] = Field(default_factory=dict, description="overridable params")
     let: dict[Ident, Any] = Field(default_factory=dict, description="derived values, in order")
+    checks: list[Check] = Field(
+        default_factory=list,
+        description=(
+            "conditions on the params (after let), each a located error when false: "
+            "{that: 'len(stages) == 4', message: ...}; a variant inherits them, stating "
+            "checks replaces them"
+        ),
+    )
     defaults: dict[
         Literal["conv", "conv_transpose", "bn", "linear", "layernorm", "groupnorm"], OpDefaults
     ] = Field(default_factory=dict)
