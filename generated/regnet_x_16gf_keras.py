@@ -201,6 +201,11 @@ def RegnetX16gf(
 ) -> keras.Model:
     """regnet_x_16gf as the spec defines it, as a functional ``keras.Model``."""
     stages = regnet_stages(depth, w_0, w_a, w_m, group_width, bottleneck)
+    if not (len(stages) == 4):
+        raise ValueError(
+            "check failed: the body builds four stages (trunk_output.block1 ... block4); depth, "
+            "w_0, w_a and w_m give another number of stages (len(stages) == 4)"
+        )
     inputs = keras.Input(shape=(input_shape[1], input_shape[2], input_shape[0]), name="input")
     x = layers.ZeroPadding2D(1, name="stem_0_pad")(inputs)
     x = layers.Conv2D(

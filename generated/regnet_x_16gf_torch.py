@@ -230,6 +230,11 @@ class RegnetX16gf(nn.Module):
         super().__init__()
         in_channels = input_shape[0]
         stages = regnet_stages(depth, w_0, w_a, w_m, group_width, bottleneck)
+        if not (len(stages) == 4):
+            raise ValueError(
+                "check failed: the body builds four stages (trunk_output.block1 ... block4); depth,"
+                " w_0, w_a and w_m give another number of stages (len(stages) == 4)"
+            )
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, stem_width, kernel_size=3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(stem_width),

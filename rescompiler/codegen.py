@@ -14,8 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from .expr import ExprError, evaluate, parse_expr, template_parts
-from .pytext import docstring, literal, printable
-from .schema import NOT_EXPRESSIONS, BlockCall, BlockTemplate, Group, NodeBase, Reuse, SpecModel
+from .pyformat import Call, layout
+from .pytext import docstring, literal, printable, raise_lines
+from .schema import (
+    NOT_EXPRESSIONS,
+    BlockCall,
+    BlockTemplate,
+    Check,
+    Group,
+    NodeBase,
+    Reuse,
+    SpecModel,
+)
 
 KEYWORDS = {"same", "valid"}
 
@@ -512,3 +522,18 @@ def param_default(
         return f"{key}: Any = None", [f"if {key} is None:", f"    {key} = {translate(default)}"]
     constant = evaluate(default, {})
     return f"{key}: {annotation(constant)} = {literal(constant)}", []
+
+
+def check_lines(
+    checks: list[Check], indent: int, translate: Callable[[Any], str] = py
+) -> list[str]:
+    """The spec's ``checks`` as statements of a generated ``build``/``__init__``: ``if not
+    (that): raise ValueError("check failed: ...")``, the message as the front end words it, so
+    ``build(**params)`` refuses the params a spec refuses."""
+    lines: list[str] = []
+    for check in checks:
+        condition = translate(check.that)
+        lines += layout(indent, "if not ", Call("", (condition,)), ":")
+        message = f"check failed: {check.message} ({check.that})"
+        lines += raise_lines(indent + 4, "ValueError", message)
+    return lines

@@ -126,3 +126,20 @@ def literal(value: Any) -> str:
         items = ", ".join(f"{string_literal(str(k))}: {literal(v)}" for k, v in value.items())
         return "{" + items + "}"
     raise UnsafeText(f"a {type(value).__name__} cannot be written as a literal")
+
+
+def raise_lines(indent: int, error: str, message: str) -> list[str]:
+    """``raise error(message)`` at ``indent`` spaces, the message one string literal or, when
+    too long, several on their own lines (implicit concatenation, split at spaces), each
+    written by :func:`string_literal`."""
+    pad = " " * indent
+    text = " ".join(printable(message).split())
+    one = f"{pad}raise {error}({string_literal(text)})"
+    if len(one) <= LINE_LENGTH:
+        return [one]
+    width = LINE_LENGTH - indent - 6  # four spaces deeper, two quotes
+    words = textwrap.wrap(text, width, break_long_words=True, drop_whitespace=False)
+    chunks = [string_literal(chunk) for chunk in words]
+    if "".join(words) != text:  # not expected: wrap keeps every character here
+        raise UnsafeText(f"could not split {text!r}")
+    return [f"{pad}raise {error}(", *(f"{pad}    {chunk}" for chunk in chunks), f"{pad})"]

@@ -17,6 +17,7 @@ checks:
   - that: stages == 2
     message: the body builds two stages
   - {that: only_checked > 0, message: only_checked must be positive}
+  - {that: only_checked < 100, message: 'keep it "small" \ a quote, a backslash: text only'}
 body:
   - {op: conv, name: stage1, out: "widths[0]", kernel: 3}
   - {op: conv, name: stage2, out: "widths[1]", kernel: 3}
@@ -60,3 +61,19 @@ def test_regnet_params_giving_five_stages_are_refused() -> None:
     found = errors("regnet_x_8gf", {"w_a": 5.0})
     assert len(found) == 1 and "regnet_y_400mf.yaml" in found[0]
     assert "check failed: the body builds four stages" in found[0]
+
+
+@pytest.mark.parametrize("backend", ["torch", "keras"])
+def test_generated_modules_refuse_what_the_spec_refuses(write_spec, backend: str) -> None:
+    """``build(**params)`` of an emitted module runs the checks too, with the same words; a
+    message is text, never code."""
+    spec = rescompiler.load_spec(write_spec(BASE))
+    namespace: dict = {}
+    exec(compile(rescompiler.emit(spec, backend), f"base_{backend}", "exec"), namespace)
+    namespace["build"]()  # the defaults hold
+    with pytest.raises(ValueError, match=r"check failed: the body builds two stages \(stages"):
+        namespace["build"](widths=[8, 16, 32])
+    with pytest.raises(ValueError) as info:
+        namespace["build"](only_checked=200)
+    expected = 'keep it "small" \\ a quote, a backslash: text only (only_checked < 100)'
+    assert str(info.value) == f"check failed: {expected}"

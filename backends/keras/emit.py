@@ -41,6 +41,7 @@ from rescompiler.codegen import (
     annotation,
     block_count_terms,
     camel,
+    check_lines,
     clean,
     counters_read,
     functions_used,
@@ -1112,14 +1113,16 @@ def model_function(m: ModuleEmitter) -> dict[str, Any]:
             f"{json.dumps(k)}: {m.captured.get(v) or emitter.vars[v]}" for k, v in named.items()
         )
         result = "{" + items + "}"
-    lets = lets_used(model.let, fn.used)
-    reads = set(fn.used)
+    checked = {name for check in model.checks for name in value_names(check.that)}
+    lets = lets_used(model.let, set(fn.used) | checked)
+    reads = set(fn.used) | checked
     for key in lets:
         reads |= value_names(model.let[key])
     head: list[str] = []
     if "in_channels" in reads:
         head.append("    in_channels = input_shape[0]")
     head += [f"    {key} = {fn.src(model.let[key])}" for key in lets]
+    head += check_lines(model.checks, 4, fn.src)
     if fn.count_var is not None:
         head += layout_sum(4, f"{fn.count_var} = ", block_count_terms(model, fn.src))
     if fn.counter is not None:

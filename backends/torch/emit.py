@@ -16,6 +16,7 @@ from rescompiler.codegen import (
     annotation,
     block_count_terms,
     camel,
+    check_lines,
     clean,
     counters_read,
     fstring,
@@ -1061,6 +1062,7 @@ def emit_source(spec: Any, optimize: str | None = None) -> str:
     emitter = BodyEmitter(scope, "body")
     scope.init.append("        in_channels = input_shape[0]")
     scope.init += [f"        {key} = {py(value)}" for key, value in model.let.items()]
+    scope.init += check_lines(model.checks, 8)
     counters = counters_read(model)
     if "block_count" in counters:  # the blocks of all stages, for rates scaled over depth
         scope.count_var = scope.init_ns.create("block_count")
