@@ -40,7 +40,7 @@ def keras_models(name: str) -> dict[str, Any]:
     folded), all with the reference weights (BN statistics made non-trivial first)."""
     import keras
     import numpy as np
-    from rescompiler.backends.keras.fold import load_plain_weights
+    from rescompiler.backends.keras import flat_layers, load_plain_weights
 
     import rescompiler
 
@@ -77,16 +77,6 @@ def keras_models(name: str) -> dict[str, Any]:
         "inference": inference,
         "keras.applications again": again,
     }
-
-
-def flat_layers(model: Any) -> list[Any]:
-    """A Keras model's layers, nested models (ConvNeXt's Sequentials) flattened."""
-    import keras
-
-    found = []
-    for layer in model.layers:
-        found += flat_layers(layer) if isinstance(layer, keras.Model) else [layer]
-    return found
 
 
 def peak_bytes(call: Any) -> int:

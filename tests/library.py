@@ -224,10 +224,6 @@ def small_input(name: str) -> list[int]:
 
 def flat_layers(model: Any) -> list[Any]:
     """A Keras model's layers, nested models (ConvNeXt's Sequentials) flattened."""
-    import keras
+    from rescompiler.backends.keras import flat_layers as flatten
 
-    return [
-        inner
-        for layer in model.layers
-        for inner in (flat_layers(layer) if isinstance(layer, keras.Model) else [layer])
-    ]
+    return flatten(model)

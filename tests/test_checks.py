@@ -6,7 +6,7 @@ import pytest
 
 import rescompiler
 
-BASE = """
+BASE = r"""
 version: 1
 name: base
 input_shape: [3, 16, 16]

@@ -6,12 +6,11 @@ spec computing the same function. The reference is built once, at 64×64 to stay
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from library import spec_path
+from library import flat_layers, spec_path
 
 import rescompiler
 
@@ -26,17 +25,6 @@ def close(ref: np.ndarray, ours: np.ndarray) -> None:
     bound = 1e-4 * float(np.abs(ref).max()) + 1e-5
     diff = float(np.abs(ref - ours).max())
     assert diff <= bound, f"max|a-b| = {diff:.3g} > {bound:.3g}"
-
-
-def flat_layers(model: Any) -> Iterator[Any]:
-    """The layers of a Keras model, nested models (Sequential, Functional) flattened."""
-    import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from flat_layers(layer)
-        else:
-            yield layer
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,11 @@ outputs once its weights are copied (the rest are too big to build in the suite'
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from library import REFERENCE_PARAMS, spec_path
+from library import REFERENCE_PARAMS, flat_layers, spec_path
 
 import rescompiler
 
@@ -40,17 +39,6 @@ def close(ref: np.ndarray, ours: np.ndarray) -> float:
     diff = float(np.abs(ref - ours).max())
     assert diff <= bound, f"max|a-b| = {diff:.3g} > {bound:.3g}"
     return diff
-
-
-def flat_layers(model: Any) -> Iterator[Any]:
-    """The layers of a Keras model, nested models (Sequential, Functional) flattened."""
-    import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from flat_layers(layer)
-        else:
-            yield layer
 
 
 @pytest.mark.parametrize("name", list(SIZES))

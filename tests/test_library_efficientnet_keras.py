@@ -11,12 +11,11 @@ tests/test_same_padding_and_chr.py checks the language pieces these specs need."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from library import spec_path
+from library import flat_layers, spec_path
 
 import rescompiler
 
@@ -52,17 +51,6 @@ def close(ref: np.ndarray, ours: np.ndarray) -> None:
     bound = 1e-4 * float(np.abs(ref).max()) + 1e-5
     diff = float(np.abs(ref - ours).max())
     assert diff <= bound, f"max|a-b| = {diff:.3g} > {bound:.3g}"
-
-
-def flat_layers(model: Any) -> Iterator[Any]:
-    """The layers of a Keras model, nested models flattened."""
-    import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from flat_layers(layer)
-        else:
-            yield layer
 
 
 def preprocessing(model: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .emit import OPTIMIZE, emit_source
 from .fold import folded_layers, load_plain_weights
-from .weights import export_weights, import_weights
+from .weights import export_weights, flat_layers, import_weights
 
 _MODULES: dict[str, types.ModuleType] = {}
 
@@ -54,6 +54,7 @@ __all__ = [
     "build",
     "emit",
     "export_weights",
+    "flat_layers",
     "folded_layers",
     "import_weights",
     "load_plain_weights",

@@ -233,3 +233,16 @@ def import_weights(spec: Any, model: Any, weights: dict[str, dict[str, Any]]) ->
     for node in graph.nodes:  # a Normalization computes with copies of its weights
         if node.op == "normalize":
             _layer(model, node).finalize_state()
+
+
+def flat_layers(model: Any) -> list[Any]:
+    """A Keras model's layers with nested models (keras.applications' ConvNeXt stages are
+    Sequentials) replaced by their own layers, recursively: every layer that holds weights is
+    reached, as copying weights by layer name needs."""
+    import keras
+
+    return [
+        inner
+        for layer in model.layers
+        for inner in (flat_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    ]
