@@ -15,7 +15,6 @@ import importlib
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import torchvision
 
 import rescompiler
 
-from .measure import interleaved_medians, interleaved_samples, paired_ratios, peak_tensor_bytes
+from .measure import interleaved_medians, interleaved_samples, medians_and_ratios, peak_tensor_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent
@@ -100,8 +99,7 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
 
         outputs = {k: run(m) for k, m in models.items()}
         samples = interleaved_samples({k: (lambda m=m: run(m)) for k, m in models.items()}, count)
-        times = {k: statistics.median(v) for k, v in samples.items()}
-        ratios = paired_ratios(samples, "torchvision")
+        times, ratios = medians_and_ratios(samples, "torchvision")
         peaks = {k: peak_tensor_bytes(lambda m=m: run(m)) for k, m in models.items()}
         reference = outputs["torchvision"]
         tolerance = 1e-4 * reference.abs().max().item() + 1e-5
@@ -159,8 +157,7 @@ def train_rows(name: str, repeats: int) -> list[dict[str, Any]]:
         optimiser.step()
 
     samples = interleaved_samples({k: (lambda k=k: step(k)) for k in models}, repeats, warmup=2)
-    times = {k: statistics.median(v) for k, v in samples.items()}
-    ratios = paired_ratios(samples, "torchvision")
+    times, ratios = medians_and_ratios(samples, "torchvision")
     return [
         {
             "benchmark": f"torch train step {name} b8 128",
@@ -187,8 +184,7 @@ def build_rows(name: str, repeats: int) -> list[dict[str, Any]]:
         repeats,
         warmup=1,
     )
-    times = {k: statistics.median(v) for k, v in samples.items()}
-    ratios = paired_ratios(samples, "torchvision")
+    times, ratios = medians_and_ratios(samples, "torchvision")
     return [
         {
             "benchmark": f"build {name}",

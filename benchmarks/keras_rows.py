@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .measure import interleaved_samples, paired_ratios
+from .measure import interleaved_samples, medians_and_ratios
 
 ROOT = Path(__file__).resolve().parent.parent
 # spec -> keras.applications model it reproduces (its layer names: weights copy by name)
@@ -105,8 +105,7 @@ def forward_rows(name: str, repeats: dict[int, int]) -> list[dict[str, Any]]:
         outputs = {key: np.asarray(fn(x)) for key, fn in functions.items()}
         calls = {k: (lambda f=f, x=x: f(x)) for k, f in functions.items()}
         timed = interleaved_samples(calls, count)
-        times = {k: statistics.median(v) for k, v in timed.items()}
-        ratios = paired_ratios(timed, "keras.applications")
+        times, ratios = medians_and_ratios(timed, "keras.applications")
         # the allocator's peak varies by a few hundred kB from call to call: median of 5,
         # taken in interleaved rounds like the times
         samples: dict[str, list[int]] = {k: [] for k in functions}

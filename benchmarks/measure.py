@@ -29,6 +29,14 @@ def paired_ratios(samples: dict[str, list[float]], reference: str) -> dict[str, 
     }
 
 
+def medians_and_ratios(
+    samples: dict[str, list[float]], reference: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(median seconds, paired ratio to ``reference``) per call of ``interleaved_samples``."""
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return medians, paired_ratios(samples, reference)
+
+
 def interleaved_samples(
     calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
 ) -> dict[str, list[float]]:

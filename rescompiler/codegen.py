@@ -534,6 +534,5 @@ def check_lines(
     for check in checks:
         condition = translate(check.that)
         lines += layout(indent, "if not ", Call("", (condition,)), ":")
-        message = f"check failed: {check.message} ({check.that})"
-        lines += raise_lines(indent + 4, "ValueError", message)
+        lines += raise_lines(indent + 4, "ValueError", check.failure())
     return lines

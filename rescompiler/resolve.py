@@ -460,8 +460,7 @@ def resolve_env(
             sink.error(doc.locate(where), format_path(where), message)
             failed = True
         elif not holds:
-            message = f"check failed: {check.message} ({check.that})"
-            sink.error(doc.locate(where), format_path(where), message)
+            sink.error(doc.locate(where), format_path(where), check.failure())
             failed = True
     shape: tuple[int, ...] | None = None
     try:

@@ -509,6 +509,11 @@ class Check(Strict):
     that: BoolExpr = Field(description="an expression over the params and let values")
     message: str = Field(min_length=1, description="what is wrong when it is false")
 
+    def failure(self) -> str:
+        """The error when the condition is false, as the front end and the generated
+        modules both word it."""
+        return f"check failed: {self.message} ({self.that})"
+
 
 class OpDefaults(Strict):
     """Defaults for op attributes, applied where a node leaves them out."""

@@ -73,6 +73,29 @@ def randomise_keras_bn(model: Any, seed: int = 0) -> None:
             layer.set_weights(weights)
 
 
+def inference_builds_agree(spec: rescompiler.Spec, x: torch.Tensor) -> tuple[Any, ...]:
+    """Plain and inference builds of ``spec`` in both backends with the same weights (BN
+    statistics randomised); asserts that both inference builds compute the plain torch model
+    on ``x``. Returns (plain, fast, keras_plain, keras_fast) for further checks."""
+    from rescompiler.backends.keras import load_plain_weights
+
+    torch.manual_seed(0)
+    plain = rescompiler.build(spec, "torch").eval()
+    randomise_torch_bn(plain)
+    fast = rescompiler.build(spec, "torch", optimize="inference")
+    fast.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        expected = plain(x)
+        close(fast(x), expected)
+    keras_plain = rescompiler.build(spec, "keras")
+    rescompiler.transfer_weights(spec, plain, keras_plain)
+    keras_fast = rescompiler.build(spec, "keras", optimize="inference")
+    load_plain_weights(keras_fast, keras_plain)
+    y = np.asarray(keras_fast(x.permute(0, 2, 3, 1).numpy(), training=False))
+    close(y.transpose(0, 3, 1, 2) if y.ndim == 4 else y, expected.numpy())  # maps: NHWC
+    return plain, fast, keras_plain, keras_fast
+
+
 def bn_counts(spec: rescompiler.Spec) -> tuple[int, int]:
     """(folded, kept) BatchNorms of the expanded graph."""
     rows = fold_report(spec)
@@ -189,30 +212,15 @@ body:
 def test_a_conditional_bn_folds_into_a_conv_built_with_it(write_spec) -> None:
     """EfficientNet's expand conv and its BN share ``when: expand != 1``: they exist in the
     same blocks, so the BN folds; a BN under another condition stays."""
-    from rescompiler.backends.keras import load_plain_weights
-
     spec = rescompiler.load_spec(write_spec(TOGETHER_SPEC))
     rows = {row.bn: row for row in fold_report(spec)}
     assert rows["b2.expand_bn"].folded_into == "b2.expand"
     assert rows["b3.expand_bn"].folded_into == "b3.expand"
     assert rows["b3.other_bn"].folded_into is None
     assert "conditional" in rows["b3.other_bn"].reason
-    torch.manual_seed(0)
-    plain = rescompiler.build(spec, "torch").eval()
-    randomise_torch_bn(plain)
-    fast = rescompiler.build(spec, "torch", optimize="inference")
-    fast.load_state_dict(plain.state_dict())
+    _plain, fast, keras_plain, keras_fast = inference_builds_agree(spec, torch.randn(2, 4, 8, 8))
     assert "b2.expand_bn.running_var" not in fast.state_dict()
-    x = torch.randn(2, 4, 8, 8)
-    with torch.no_grad():
-        close(fast(x), plain(x))
-    keras_plain = rescompiler.build(spec, "keras")
-    randomise_keras_bn(keras_plain)
-    keras_fast = rescompiler.build(spec, "keras", optimize="inference")
-    load_plain_weights(keras_fast, keras_plain)
     assert len(keras_plain.layers) - len(keras_fast.layers) == 2
-    image = x.permute(0, 2, 3, 1).numpy()
-    close(keras_fast(image, training=False), keras_plain(image, training=False))
 
 
 BEFORE_SPEC = """
@@ -262,17 +270,8 @@ def test_bn_before_a_conv_folds_only_where_the_conv_does_not_pad(before_spec) ->
 
 
 def test_bn_before_a_conv_torch_and_keras(before_spec) -> None:
-    from rescompiler.backends.keras import load_plain_weights
-
-    torch.manual_seed(0)
-    plain = rescompiler.build(before_spec, "torch").eval()
-    randomise_torch_bn(plain)
-    fast = rescompiler.build(before_spec, "torch", optimize="inference")
-    fast.load_state_dict(plain.state_dict())
     x = torch.randn(3, 4, 9, 9)
-    with torch.no_grad():
-        expected = plain(x)
-        close(fast(x), expected)
+    plain, *_ = inference_builds_agree(before_spec, x)
     # the reason pre2 stays: folding its shift into the padded conv2 is wrong at the borders
     conv2, bn = plain.conv2, plain.pre2
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
@@ -286,11 +285,6 @@ def test_bn_before_a_conv_torch_and_keras(before_spec) -> None:
         exact = conv2(bn(h))
     assert (naive - exact).abs().max() > 1e-2
     assert (naive - exact)[:, :, 1:-1, 1:-1].abs().max() < 1e-4  # only the borders differ
-    keras_plain = rescompiler.build(before_spec, "keras")
-    rescompiler.transfer_weights(before_spec, plain, keras_plain)
-    keras_fast = rescompiler.build(before_spec, "keras", optimize="inference")
-    load_plain_weights(keras_fast, keras_plain)
-    close(keras_fast(x.permute(0, 2, 3, 1).numpy(), training=False), expected.numpy())
 
 
 def test_torchvision_weights_load_into_the_inference_build() -> None:

@@ -26,6 +26,7 @@ from rescompiler.codegen import (
     liveness,
     local_name,
     named_outputs,
+    negation,
     optional_inits,
     param_default,
     path_key,
@@ -144,12 +145,12 @@ def owned_by_reader(node: Any, inputs: int = 1) -> bool:
 
 
 def exclusive(first: Any, second: Any) -> bool:
-    """Two ``when`` conditions never hold together: one is ``not`` the other (MobileNetV3's
+    """The ``when`` of two nodes never hold together: one is ``not`` the other (MobileNetV3's
     ``hardswish when: use_hs`` and ``relu when: not use_hs``)."""
-    if not (isinstance(first, str) and isinstance(second, str)):
+    a, b = when_source(first), when_source(second)
+    if not (isinstance(a, str) and isinstance(b, str)):
         return False
-    a, b = " ".join(first.split()), " ".join(second.split())
-    return a in (f"not {b}", f"not ({b})") or b in (f"not {a}", f"not ({a})")
+    return a == negation(b) or b == negation(a)
 
 
 class BodyEmitter:
@@ -547,7 +548,7 @@ class BodyEmitter:
         if source is None or source >= index or self.readers.get(name) != [index]:
             return False
         node, _local, names, alt = self.entries[source]
-        if exclusive(node.when, self.entries[index][0].when):  # it never ran where index runs:
+        if exclusive(node, self.entries[index][0]):  # it never ran where index runs:
             return self.may_overwrite(source, alt)  # index reads what it passed on
         return owned_by_reader(node, len(names))
 
